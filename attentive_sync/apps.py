@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class AttentiveSyncConfig(AppConfig):
+    name = "attentive_sync"
+    verbose_name = "Attentive"

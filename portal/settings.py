@@ -1,0 +1,136 @@
+"""Settings of the portal, read from the environment or a ``.env`` file (django-environ).
+
+Every variable is documented in ``.env.example``. Production sets ``DATABASE_URL``; without it
+the portal starts an embedded PostgreSQL under ``.data/`` (see ``portal/embedded_db.py``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import environ
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+env = environ.Env()
+environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
+
+DEBUG = env.bool("DEBUG", default=False)
+SECRET_KEY = env.str("SECRET_KEY", default="")
+if not SECRET_KEY:
+    if not DEBUG:
+        raise ImproperlyConfigured(
+            "SECRET_KEY is not set. Set it in the environment or in .env "
+            "(or set DEBUG=true for a local run with a throwaway key)."
+        )
+    SECRET_KEY = "insecure-local-development-key-do-not-use-in-production"
+ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "procrastinate.contrib.django",
+    "portal",
+    "sparkfly_sync",
+    "attentive_sync",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "portal.urls"
+WSGI_APPLICATION = "portal.wsgi.application"
+ASGI_APPLICATION = "portal.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- Database -------------------------------------------------------------------------------
+EMBEDDED_DB_DIR = Path(env.str("EMBEDDED_DB_DIR", default=str(BASE_DIR / ".data" / "postgres")))
+if env.str("DATABASE_URL", default=""):
+    DATABASES = {"default": env.db_url("DATABASE_URL")}
+else:
+    from portal.embedded_db import database_settings
+
+    DATABASES = {"default": database_settings(EMBEDDED_DB_DIR)}
+DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("CONN_MAX_AGE", default=0))
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STATIC_ROOT = BASE_DIR / "staticfiles"
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [],
+    "DEFAULT_PERMISSION_CLASSES": [],
+    "UNAUTHENTICATED_USER": None,
+}
+
+# --- Sparkfly ---------------------------------------------------------------------------------
+SPARKFLY_PRODUCTION_URL = "https://api.sparkfly.com"
+SPARKFLY_STAGING_URL = "https://api-staging.sparkfly.com"
+SPARKFLY_API_URL = env.str("SPARKFLY_API_URL", default="")
+SPARKFLY_IDENTITY = env.str("SPARKFLY_IDENTITY", default="")
+SPARKFLY_KEY = env.str("SPARKFLY_KEY", default="")
+# Seconds to wait for a connection and for each response from Sparkfly.
+SPARKFLY_CONNECT_TIMEOUT = env.float("SPARKFLY_CONNECT_TIMEOUT", default=5.0)
+SPARKFLY_READ_TIMEOUT = env.float("SPARKFLY_READ_TIMEOUT", default=60.0)
+# Page size of list calls; Sparkfly allows up to 10000 members per page.
+SPARKFLY_PAGE_SIZE = env.int("SPARKFLY_PAGE_SIZE", default=5000)
+# Minutes between two full mirror syncs run by the worker (0 turns the periodic sync off).
+SPARKFLY_SYNC_INTERVAL_MINUTES = env.int("SPARKFLY_SYNC_INTERVAL_MINUTES", default=60)
+# Default country of member phone numbers that Sparkfly gives without a country code.
+MEMBER_PHONE_REGION = env.str("MEMBER_PHONE_REGION", default="US")
+
+# --- Health -----------------------------------------------------------------------------------
+# /healthz reports the worker unhealthy when no worker heartbeat is newer than this.
+WORKER_HEARTBEAT_MAX_AGE_SECONDS = env.int("WORKER_HEARTBEAT_MAX_AGE_SECONDS", default=60)
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
+    "loggers": {
+        "pgserver": {"level": "WARNING"},
+        "procrastinate": {"level": "WARNING"},
+    },
+}
