@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
@@ -21,11 +22,14 @@ logger = logging.getLogger(__name__)
 
 
 def _server(data_dir: Path):
-    # Imported here: production settings (DATABASE_URL set) never load pgserver.
-    import pgserver
-
     data_dir.mkdir(parents=True, exist_ok=True)
-    return pgserver.get_server(data_dir, cleanup_mode=None)
+    with warnings.catch_warnings():
+        # platformdirs warns when XDG_RUNTIME_DIR is unset (CI, containers); /tmp is fine here.
+        warnings.simplefilter("ignore")
+        # Imported here: production settings (DATABASE_URL set) never load pgserver.
+        import pgserver
+
+        return pgserver.get_server(data_dir, cleanup_mode=None)
 
 
 def _socket_dir(server) -> str:

@@ -1,0 +1,246 @@
+"""The mirror of a brand's Sparkfly account, and the record of every sync run.
+
+Conventions (after dj-stripe):
+
+* Every mirrored row has a local primary key, Sparkfly's id in a unique ``sparkfly_id``, typed
+  columns for what the portal queries, the last payload Sparkfly sent in ``raw``, and
+  ``synced_at``: when the row's content last changed through a sync (a sync that finds the
+  same payload writes nothing).
+* Relations between mirrored rows point at Sparkfly ids (``to_field="sparkfly_id"``) and have
+  no database constraint: a credential can be mirrored before its member, and bulk upserts
+  store Sparkfly's ids as they come, with no translation to local keys. Reading
+  ``credential.member`` raises ``Member.DoesNotExist`` until the member is mirrored.
+* Sparkfly owns these rows: the admin shows them read-only; ``sparkfly_sync.sync`` writes them.
+"""
+
+from __future__ import annotations
+
+from django.contrib.postgres.fields import ArrayField
+from django.contrib.postgres.indexes import GinIndex
+from django.db import models
+
+
+def _sparkfly_relation(model: str, related_name: str, *, verbose_name: str | None = None) -> models.ForeignKey:
+    return models.ForeignKey(
+        model,
+        to_field="sparkfly_id",
+        db_constraint=False,
+        null=True,
+        blank=True,
+        on_delete=models.DO_NOTHING,
+        related_name=related_name,
+        verbose_name=verbose_name,
+    )
+
+
+class SparkflyMirror(models.Model):
+    sparkfly_id = models.BigIntegerField("Sparkfly id", unique=True)
+    raw = models.JSONField("last payload from Sparkfly", default=dict)
+    synced_at = models.DateTimeField("content last changed by a sync")
+    sparkfly_created_at = models.DateTimeField("created at Sparkfly", null=True, blank=True)
+    sparkfly_updated_at = models.DateTimeField("updated at Sparkfly", null=True, blank=True)
+
+    class Meta:
+        abstract = True
+
+
+class Member(SparkflyMirror):
+    identifier = models.CharField(max_length=255, db_index=True)
+    notification_mode = models.CharField(max_length=50, blank=True)
+    first_name = models.CharField(max_length=150, blank=True)
+    last_name = models.CharField(max_length=150, blank=True)
+    # The contact points Attentive identifies subscribers by; empty when Sparkfly gave none
+    # or gave one that is not a valid address / number.
+    email = models.EmailField(max_length=254, blank=True, db_index=True)
+    phone = models.CharField("phone (E.164)", max_length=16, blank=True, db_index=True)
+
+    class Meta:
+        ordering = ["-sparkfly_id"]
+
+    def __str__(self) -> str:
+        return self.identifier
+
+
+class Merchant(SparkflyMirror):
+    name = models.CharField(max_length=255, blank=True, db_index=True)
+    is_active = models.BooleanField(null=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name or f"Merchant {self.sparkfly_id}"
+
+
+class Store(SparkflyMirror):
+    merchant = _sparkfly_relation("Merchant", "stores")
+    name = models.CharField(max_length=255, blank=True)
+    number = models.CharField("store number", max_length=100, blank=True, db_index=True)
+    is_active = models.BooleanField(null=True)
+    city = models.CharField(max_length=150, blank=True)
+    state = models.CharField(max_length=100, blank=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return f"{self.name} (#{self.number})" if self.number else self.name or f"Store {self.sparkfly_id}"
+
+
+class Channel(SparkflyMirror):
+    name = models.CharField(max_length=255, blank=True)
+    conversion_callback_url = models.CharField(max_length=2000, blank=True)
+    allow_sms_keyword = models.BooleanField(null=True)
+    allow_hmac = models.BooleanField(null=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name or f"Channel {self.sparkfly_id}"
+
+
+class Offer(SparkflyMirror):
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        APPROVED = "approved"
+        SUSPENDED = "suspended"
+        ARCHIVED = "archived"
+
+    merchant = _sparkfly_relation("Merchant", "offers")
+    name = models.CharField(max_length=255, blank=True, db_index=True)
+    # Not constrained to Status: a status Sparkfly adds later must still mirror.
+    status = models.CharField(max_length=30, blank=True, db_index=True)
+    activates_at = models.DateTimeField(null=True, blank=True)
+    expires_at = models.DateTimeField(null=True, blank=True, db_index=True)
+    stop_offering_at = models.DateTimeField(null=True, blank=True)
+    max_redemptions = models.IntegerField(null=True, blank=True)
+    max_redemptions_per_member = models.IntegerField(null=True, blank=True)
+    max_redemptions_per_member_per_day = models.IntegerField(null=True, blank=True)
+    points_required_value = models.IntegerField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name or f"Offer {self.sparkfly_id}"
+
+
+class OfferChannel(models.Model):
+    """An offer published on a channel; its ``xid`` is the campaign id Sparkfly reports."""
+
+    offer = _sparkfly_relation("Offer", "channel_links")
+    channel = _sparkfly_relation("Channel", "offer_links")
+    xid = models.CharField("XID", max_length=100, blank=True, db_index=True)
+    raw = models.JSONField("last payload from Sparkfly", default=dict)
+    synced_at = models.DateTimeField("content last changed by a sync")
+
+    class Meta:
+        verbose_name = "offer channel"
+        constraints = [models.UniqueConstraint(fields=["offer", "channel"], name="offer_channel_unique")]
+
+    def __str__(self) -> str:
+        return f"offer {self.offer_id} on channel {self.channel_id} ({self.xid or 'no xid'})"
+
+
+class Credential(SparkflyMirror):
+    """A redeemable code issued to a member for one or more offers."""
+
+    identifier = models.CharField("code", max_length=255, null=True, blank=True, db_index=True)
+    status = models.CharField(max_length=30, blank=True, db_index=True)
+    member = _sparkfly_relation("Member", "credentials")
+    channel = _sparkfly_relation("Channel", "credentials")
+    store = _sparkfly_relation("Store", "credentials")
+    offer_ids = ArrayField(models.BigIntegerField(), default=list, blank=True, help_text="Sparkfly offer ids")
+    annotations = models.JSONField(default=dict, blank=True)
+    redeemed_at = models.DateTimeField(null=True, blank=True)
+    voided_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-sparkfly_id"]
+        indexes = [GinIndex(fields=["offer_ids"], name="credential_offer_ids_gin")]
+
+    def __str__(self) -> str:
+        return self.identifier or f"Credential {self.sparkfly_id} (no code yet)"
+
+
+class LoyaltyProgram(SparkflyMirror):
+    name = models.CharField(max_length=255, blank=True)
+    status = models.CharField(max_length=30, blank=True)
+    description = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name or f"Loyalty program {self.sparkfly_id}"
+
+
+class LoyaltyEnrollment(SparkflyMirror):
+    """A member's enrollment in a loyalty program: every field of Sparkfly's LoyaltyEnrollment."""
+
+    class Status(models.TextChoices):
+        ACTIVE = "active"
+        SUSPENDED = "suspended"
+        ARCHIVED = "archived"
+
+    class FraudRiskLevel(models.TextChoices):
+        NONE = "none"
+        LOW = "low"
+        MEDIUM = "medium"
+        HIGH = "high"
+
+    member = _sparkfly_relation("Member", "enrollments")
+    program = _sparkfly_relation("LoyaltyProgram", "enrollments")
+    external_id = models.CharField(max_length=255, blank=True, db_index=True)
+    source = models.CharField(max_length=100, blank=True)
+    status = models.CharField(max_length=30, blank=True, db_index=True)
+    point_balance = models.IntegerField(null=True, blank=True, help_text="non-expired points available")
+    historical_points = models.IntegerField(null=True, blank=True, help_text="points credited since enrollment")
+    # Sparkfly leaves tier_id out of the enrollment list, so a list sync keeps the last known one.
+    tier_id = models.BigIntegerField(null=True, blank=True)
+    tier_term_start_time = models.DateTimeField(null=True, blank=True)
+    tier_term_end_date = models.DateField(null=True, blank=True)
+    fraud_risk_level = models.CharField(max_length=10, blank=True)
+
+    class Meta:
+        ordering = ["-sparkfly_id"]
+
+    def __str__(self) -> str:
+        return f"Enrollment {self.sparkfly_id} of member {self.member_id}"
+
+
+class SyncRun(models.Model):
+    """One run of one resource's mirror sync, with its checkpoint so a crash can resume."""
+
+    class Status(models.TextChoices):
+        RUNNING = "running"
+        SUCCEEDED = "succeeded"
+        FAILED = "failed"
+
+    resource = models.CharField(max_length=50, db_index=True)
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.RUNNING, db_index=True)
+    started_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    pages = models.PositiveIntegerField(default=0)
+    created = models.PositiveIntegerField(default=0)
+    updated = models.PositiveIntegerField(default=0)
+    unchanged = models.PositiveIntegerField(default=0)
+    errors = models.PositiveIntegerField(default=0, help_text="items Sparkfly sent that could not be mirrored")
+    error_samples = models.JSONField(default=list, blank=True, help_text="the first reasons items were skipped")
+    failure = models.TextField(blank=True, help_text="why the run stopped, when it failed")
+    # {"stream": <key of the list being read>, "page": <last page committed>}; data and
+    # checkpoint commit in one transaction, so a resumed run never skips or repeats a page.
+    checkpoint = models.JSONField(null=True, blank=True)
+    resumed = models.PositiveIntegerField(default=0, help_text="times this run was resumed after a crash or failure")
+
+    class Meta:
+        ordering = ["-started_at"]
+        indexes = [models.Index(fields=["resource", "-started_at"], name="syncrun_resource_recent")]
+
+    def __str__(self) -> str:
+        return f"{self.resource} sync {self.pk} ({self.status})"
+
+    @property
+    def duration(self):
+        return (self.finished_at - self.started_at) if self.finished_at else None

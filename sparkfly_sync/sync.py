@@ -1,0 +1,309 @@
+"""Mirror services: stream each Sparkfly resource page by page into PostgreSQL.
+
+Sparkfly has no ``updated_since`` filter, so every sync is a full paginated scan. Each page is
+upserted in bulk and committed together with the run's checkpoint, which gives three
+properties:
+
+* flat memory: one page is held at a time, however large the account;
+* idempotent: unchanged rows are not rewritten (see ``upsert.py``);
+* resumable: a run that crashed or failed is continued by the next run of the same resource
+  from the page after its checkpoint, not from page 1.
+
+A PostgreSQL advisory lock per resource keeps two syncs of one resource from running at once
+(and tells a crashed run, whose lock died with its connection, from a live one).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.utils import timezone
+
+from sparkfly_sync import client as api
+from sparkfly_sync import payloads
+from sparkfly_sync.client import Page, SparkflyClient
+from sparkfly_sync.errors import SparkflyError, SparkflyNotFound
+from sparkfly_sync.models import (
+    Channel,
+    Credential,
+    LoyaltyEnrollment,
+    LoyaltyProgram,
+    Member,
+    Merchant,
+    Offer,
+    OfferChannel,
+    Store,
+    SyncRun,
+)
+from sparkfly_sync.upsert import UpsertResult, upsert_rows
+
+logger = logging.getLogger(__name__)
+
+# A run that failed or crashed longer ago than this starts over instead of resuming.
+RESUME_WINDOW = timedelta(hours=24)
+# How many reasons for skipped items a run keeps (the count is always complete).
+MAX_ERROR_SAMPLES = 20
+
+
+class SyncAlreadyRunning(Exception):
+    """Another process is syncing this resource right now."""
+
+
+@dataclass(frozen=True)
+class Stream:
+    """One paginated list read by a sync; ``key`` identifies it in checkpoints."""
+
+    key: str
+    path: str
+
+
+@dataclass
+class PageOutcome:
+    upserted: UpsertResult = field(default_factory=UpsertResult)
+    errors: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Resource:
+    """How one Sparkfly resource is listed and mirrored."""
+
+    name: str
+    model: type
+    collection: str
+    item: str
+    to_row: Callable[[dict], dict]
+    streams: Callable[[], list[Stream]]
+    max_per_page: int | None = None
+
+    def write_page(self, client: SparkflyClient, page: Page) -> PageOutcome:
+        outcome = PageOutcome()
+        rows = []
+        for position, item in enumerate(page.items):
+            try:
+                rows.append(self.to_row(item))
+            except payloads.PayloadError as exc:
+                outcome.errors.append(f"{self.item} {position + 1} of page {page.number}: {exc}")
+        outcome.upserted = upsert_rows(self.model, rows)
+        return outcome
+
+
+@dataclass(frozen=True)
+class OfferResource(Resource):
+    """Offers list in a short form; the full offer carries its channel links and their xids."""
+
+    def write_page(self, client: SparkflyClient, page: Page) -> PageOutcome:
+        outcome = PageOutcome()
+        offers, links, offer_ids = [], [], []
+        for position, item in enumerate(page.items):
+            try:
+                offer_id = payloads.sparkfly_id(item)
+                try:
+                    item = client.get(f"{api.OFFERS_PATH}/{offer_id}")["offer"]
+                except SparkflyNotFound:
+                    outcome.errors.append(f"offer {offer_id} was listed but is gone; skipped")
+                    continue
+                except (KeyError, TypeError):
+                    raise payloads.PayloadError("the full offer has no 'offer' object") from None
+                offers.append(self.to_row(item))
+                links.extend(payloads.offer_channel_rows(item))
+                offer_ids.append(offer_id)
+            except payloads.PayloadError as exc:
+                outcome.errors.append(f"offer {position + 1} of page {page.number}: {exc}")
+        outcome.upserted = upsert_rows(Offer, offers)
+        upsert_rows(OfferChannel, links, conflict_fields=("offer_id", "channel_id"))
+        linked = {(link["offer_id"], link["channel_id"]) for link in links}
+        stale = [
+            pk
+            for pk, offer_id, channel_id in OfferChannel.objects.filter(offer_id__in=offer_ids).values_list(
+                "pk", "offer_id", "channel_id"
+            )
+            if (offer_id, channel_id) not in linked
+        ]
+        OfferChannel.objects.filter(pk__in=stale).delete()
+        return outcome
+
+
+def _single(path: str) -> Callable[[], list[Stream]]:
+    return lambda: [Stream("all", path)]
+
+
+def _per_parent(model: type, template: str, placeholder: str) -> Callable[[], list[Stream]]:
+    """One stream per mirrored parent (stores per merchant, enrollments per program)."""
+
+    def streams() -> list[Stream]:
+        ids = model.objects.order_by("sparkfly_id").values_list("sparkfly_id", flat=True)
+        return [Stream(str(parent_id), template.format(**{placeholder: parent_id})) for parent_id in ids]
+
+    return streams
+
+
+# In dependency order: stores need their merchants mirrored, enrollments their programs.
+RESOURCES: dict[str, Resource] = {
+    resource.name: resource
+    for resource in (
+        Resource("merchants", Merchant, "merchants", "merchant", payloads.merchant_row, _single(api.MERCHANTS_PATH)),
+        Resource(
+            "stores", Store, "stores", "store", payloads.store_row, _per_parent(Merchant, api.STORES_PATH, "merchant_id")
+        ),
+        Resource("channels", Channel, "channels", "channel", payloads.channel_row, _single(api.CHANNELS_PATH)),
+        OfferResource("offers", Offer, "offers", "offer", payloads.offer_row, _single(api.OFFERS_PATH)),
+        Resource(
+            "members",
+            Member,
+            "members",
+            "member",
+            payloads.member_row,
+            _single(api.MEMBERS_PATH),
+            max_per_page=api.MEMBERS_MAX_PER_PAGE,
+        ),
+        Resource(
+            "credentials", Credential, "credentials", "credential", payloads.credential_row, _single(api.CREDENTIALS_PATH)
+        ),
+        Resource(
+            "loyalty_programs",
+            LoyaltyProgram,
+            "loyalty_programs",
+            "loyalty_program",
+            payloads.loyalty_program_row,
+            _single(api.LOYALTY_PROGRAMS_PATH),
+        ),
+        Resource(
+            "loyalty_enrollments",
+            LoyaltyEnrollment,
+            "loyalty_enrollments",
+            "loyalty_enrollment",
+            payloads.loyalty_enrollment_row,
+            _per_parent(LoyaltyProgram, api.LOYALTY_ENROLLMENTS_PATH, "program_id"),
+        ),
+    )
+}
+
+
+@contextmanager
+def _resource_lock(name: str) -> Iterator[None]:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_lock(hashtext(%s))", [f"sparkfly_sync:{name}"])
+        (acquired,) = cursor.fetchone()
+    if not acquired:
+        raise SyncAlreadyRunning(f"a {name} sync is already running")
+    try:
+        yield
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_unlock(hashtext(%s))", [f"sparkfly_sync:{name}"])
+
+
+def _run_to_continue(name: str) -> SyncRun | None:
+    """The latest run of ``name`` if it stopped early (crash or failure) recently enough."""
+    latest = SyncRun.objects.filter(resource=name).order_by("-started_at", "-pk").first()
+    if (
+        latest is not None
+        and latest.status != SyncRun.Status.SUCCEEDED
+        and latest.checkpoint
+        and latest.started_at >= timezone.now() - RESUME_WINDOW
+    ):
+        return latest
+    return None
+
+
+def _pending_streams(streams: list[Stream], checkpoint: dict | None) -> Iterator[tuple[Stream, int]]:
+    """Each stream still to read, with the page to start from."""
+    keys = [stream.key for stream in streams]
+    start_index, start_page = 0, 1
+    if checkpoint and checkpoint.get("stream") in keys:
+        start_index = keys.index(checkpoint["stream"])
+        start_page = int(checkpoint.get("page", 0)) + 1
+    for index in range(start_index, len(streams)):
+        yield streams[index], (start_page if index == start_index else 1)
+
+
+def _per_page(resource: Resource, requested: int | None) -> int:
+    per_page = requested or settings.SPARKFLY_PAGE_SIZE
+    if resource.max_per_page:
+        per_page = min(per_page, resource.max_per_page)
+    return max(1, per_page)
+
+
+def sync_resource(
+    name: str,
+    *,
+    client: SparkflyClient,
+    per_page: int | None = None,
+    on_page: Callable[[SyncRun, Page], None] | None = None,
+) -> SyncRun:
+    """Mirror one resource; return its ``SyncRun`` (succeeded or failed, with the reason)."""
+    resource = RESOURCES[name]
+    with _resource_lock(name):
+        run = _run_to_continue(name)
+        if run is None:
+            run = SyncRun.objects.create(resource=name)
+        else:
+            logger.info("resuming %s sync %s after page %s", name, run.pk, run.checkpoint)
+            run.resumed += 1
+            run.status, run.failure, run.finished_at = SyncRun.Status.RUNNING, "", None
+            run.save(update_fields=["resumed", "status", "failure", "finished_at"])
+        started = time.monotonic()
+        try:
+            for stream, start_page in _pending_streams(resource.streams(), run.checkpoint):
+                pages = client.iter_pages(
+                    stream.path,
+                    collection=resource.collection,
+                    item=resource.item,
+                    per_page=_per_page(resource, per_page),
+                    start_page=start_page,
+                )
+                for page in pages:
+                    with transaction.atomic():
+                        outcome = resource.write_page(client, page)
+                        _record_page(run, stream, page, outcome)
+                    if on_page is not None:
+                        on_page(run, page)
+        except (SparkflyError, payloads.PayloadError) as exc:
+            _finish(run, SyncRun.Status.FAILED, failure=str(exc))
+            logger.warning("%s sync %s failed after %d pages: %s", name, run.pk, run.pages, exc)
+            return run
+        except BaseException as exc:
+            # A bug or an interrupt: keep the reason on the run, then let it propagate.
+            _finish(run, SyncRun.Status.FAILED, failure=f"{exc.__class__.__name__}: {exc}")
+            raise
+        _finish(run, SyncRun.Status.SUCCEEDED)
+        logger.info(
+            "%s sync %s: %d pages, %d created, %d updated, %d unchanged, %d errors in %.1fs",
+            name, run.pk, run.pages, run.created, run.updated, run.unchanged, run.errors, time.monotonic() - started,
+        )
+        return run
+
+
+def _record_page(run: SyncRun, stream: Stream, page: Page, outcome: PageOutcome) -> None:
+    run.pages += 1
+    run.created += outcome.upserted.created
+    run.updated += outcome.upserted.updated
+    run.unchanged += outcome.upserted.unchanged
+    run.errors += len(outcome.errors)
+    room = MAX_ERROR_SAMPLES - len(run.error_samples)
+    if room > 0 and outcome.errors:
+        run.error_samples = run.error_samples + outcome.errors[:room]
+    run.checkpoint = {"stream": stream.key, "page": page.number}
+    run.save(update_fields=["pages", "created", "updated", "unchanged", "errors", "error_samples", "checkpoint"])
+
+
+def _finish(run: SyncRun, status: str, *, failure: str = "") -> None:
+    run.status = status
+    run.failure = failure
+    run.finished_at = timezone.now()
+    if status == SyncRun.Status.SUCCEEDED:
+        run.checkpoint = None
+    run.save(update_fields=["status", "failure", "finished_at", "checkpoint"])
+
+
+def sync_all(*, client: SparkflyClient, resources: list[str] | None = None, **options) -> list[SyncRun]:
+    """Sync the named resources (default: all) in dependency order; one failure stops none."""
+    names = [name for name in RESOURCES if resources is None or name in resources]
+    return [sync_resource(name, client=client, **options) for name in names]
