@@ -16,8 +16,22 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 env = environ.Env()
 environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
 
-DEBUG = env.bool("DEBUG", default=False)
-SECRET_KEY = env.str("SECRET_KEY", default="")
+
+def _read(cast: str, name: str, default):
+    """One variable, cast; an empty value means the default; a bad value names itself."""
+    raw = env.str(name, default="")
+    if not raw:
+        return default
+    if cast == "bool" and raw.strip().lower() not in {"true", "false", "1", "0", "yes", "no", "on", "off"}:
+        raise ImproperlyConfigured(f"{name}={raw!r} is not a valid bool: use true or false")
+    try:
+        return getattr(env, cast)(name)
+    except (ValueError, environ.ImproperlyConfigured) as exc:
+        raise ImproperlyConfigured(f"{name}={raw!r} is not a valid {cast}: {exc}") from None
+
+
+DEBUG = _read("bool", "DEBUG", False)
+SECRET_KEY = _read("str", "SECRET_KEY", "")
 if not SECRET_KEY:
     if not DEBUG:
         raise ImproperlyConfigured(
@@ -25,7 +39,7 @@ if not SECRET_KEY:
             "(or set DEBUG=true for a local run with a throwaway key)."
         )
     SECRET_KEY = "insecure-local-development-key-do-not-use-in-production"
-ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
+ALLOWED_HOSTS = _read("list", "ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -72,14 +86,14 @@ TEMPLATES = [
 ]
 
 # --- Database -------------------------------------------------------------------------------
-EMBEDDED_DB_DIR = Path(env.str("EMBEDDED_DB_DIR", default=str(BASE_DIR / ".data" / "postgres")))
-if env.str("DATABASE_URL", default=""):
+EMBEDDED_DB_DIR = Path(_read("str", "EMBEDDED_DB_DIR", str(BASE_DIR / ".data" / "postgres")))
+if _read("str", "DATABASE_URL", ""):
     DATABASES = {"default": env.db_url("DATABASE_URL")}
 else:
     from portal.embedded_db import database_settings
 
     DATABASES = {"default": database_settings(EMBEDDED_DB_DIR)}
-DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("CONN_MAX_AGE", default=0))
+DATABASES["default"].setdefault("CONN_MAX_AGE", _read("int", "CONN_MAX_AGE", 0))
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [
@@ -107,29 +121,29 @@ REST_FRAMEWORK = {
 # --- Sparkfly ---------------------------------------------------------------------------------
 SPARKFLY_PRODUCTION_URL = "https://api.sparkfly.com"
 SPARKFLY_STAGING_URL = "https://api-staging.sparkfly.com"
-SPARKFLY_API_URL = env.str("SPARKFLY_API_URL", default="")
-SPARKFLY_IDENTITY = env.str("SPARKFLY_IDENTITY", default="")
-SPARKFLY_KEY = env.str("SPARKFLY_KEY", default="")
+SPARKFLY_API_URL = _read("str", "SPARKFLY_API_URL", "")
+SPARKFLY_IDENTITY = _read("str", "SPARKFLY_IDENTITY", "")
+SPARKFLY_KEY = _read("str", "SPARKFLY_KEY", "")
 # Seconds to wait for a connection and for each response from Sparkfly.
-SPARKFLY_CONNECT_TIMEOUT = env.float("SPARKFLY_CONNECT_TIMEOUT", default=5.0)
-SPARKFLY_READ_TIMEOUT = env.float("SPARKFLY_READ_TIMEOUT", default=60.0)
+SPARKFLY_CONNECT_TIMEOUT = _read("float", "SPARKFLY_CONNECT_TIMEOUT", 5.0)
+SPARKFLY_READ_TIMEOUT = _read("float", "SPARKFLY_READ_TIMEOUT", 60.0)
 # Page size of list calls; Sparkfly allows up to 10000 members per page.
-SPARKFLY_PAGE_SIZE = env.int("SPARKFLY_PAGE_SIZE", default=5000)
+SPARKFLY_PAGE_SIZE = _read("int", "SPARKFLY_PAGE_SIZE", 5000)
 # Minutes between two full mirror syncs run by the worker (0 turns the periodic sync off).
-SPARKFLY_SYNC_INTERVAL_MINUTES = env.int("SPARKFLY_SYNC_INTERVAL_MINUTES", default=60)
+SPARKFLY_SYNC_INTERVAL_MINUTES = _read("int", "SPARKFLY_SYNC_INTERVAL_MINUTES", 60)
 # Default country of member phone numbers that Sparkfly gives without a country code.
-MEMBER_PHONE_REGION = env.str("MEMBER_PHONE_REGION", default="US")
+MEMBER_PHONE_REGION = _read("str", "MEMBER_PHONE_REGION", "US")
 
 # --- Health -----------------------------------------------------------------------------------
 # /healthz reports the worker unhealthy when no worker heartbeat is newer than this.
-WORKER_HEARTBEAT_MAX_AGE_SECONDS = env.int("WORKER_HEARTBEAT_MAX_AGE_SECONDS", default=60)
+WORKER_HEARTBEAT_MAX_AGE_SECONDS = _read("int", "WORKER_HEARTBEAT_MAX_AGE_SECONDS", 60)
 
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
+    "root": {"handlers": ["console"], "level": _read("str", "LOG_LEVEL", "INFO")},
     "loggers": {
         "pgserver": {"level": "WARNING"},
         "procrastinate": {"level": "WARNING"},

@@ -80,28 +80,38 @@ class Resource:
     item: str
     to_row: Callable[[dict], dict]
     streams: Callable[[], list[Stream]]
+    detail_path: Callable[[object], str]
     max_per_page: int | None = None
 
-    def write_page(self, client: SparkflyClient, page: Page) -> PageOutcome:
+    def write_items(self, client: SparkflyClient, items: list[dict], where: str) -> PageOutcome:
+        """Mirror a batch of items (a page, or single fetches); ``where`` names it in errors."""
         outcome = PageOutcome()
         rows = []
-        for position, item in enumerate(page.items):
+        for position, item in enumerate(items):
             try:
                 rows.append(self.to_row(item))
             except payloads.PayloadError as exc:
-                outcome.errors.append(f"{self.item} {position + 1} of page {page.number}: {exc}")
+                outcome.errors.append(f"{self.item} {position + 1} of {where}: {exc}")
         outcome.upserted = upsert_rows(self.model, rows)
         return outcome
+
+    def fetch(self, client: SparkflyClient, row) -> dict:
+        """The current payload of one mirrored row, from Sparkfly."""
+        body = client.get(self.detail_path(row))
+        item = body.get(self.item)
+        if not isinstance(item, dict):
+            raise payloads.PayloadError(f"Sparkfly's answer for {self.item} {row.sparkfly_id} has no {self.item!r} object")
+        return item
 
 
 @dataclass(frozen=True)
 class OfferResource(Resource):
     """Offers list in a short form; the full offer carries its channel links and their xids."""
 
-    def write_page(self, client: SparkflyClient, page: Page) -> PageOutcome:
+    def write_items(self, client: SparkflyClient, items: list[dict], where: str) -> PageOutcome:
         outcome = PageOutcome()
         offers, links, offer_ids = [], [], []
-        for position, item in enumerate(page.items):
+        for position, item in enumerate(items):
             try:
                 offer_id = payloads.sparkfly_id(item)
                 try:
@@ -115,7 +125,7 @@ class OfferResource(Resource):
                 links.extend(payloads.offer_channel_rows(item))
                 offer_ids.append(offer_id)
             except payloads.PayloadError as exc:
-                outcome.errors.append(f"offer {position + 1} of page {page.number}: {exc}")
+                outcome.errors.append(f"offer {position + 1} of {where}: {exc}")
         outcome.upserted = upsert_rows(Offer, offers)
         upsert_rows(OfferChannel, links, conflict_fields=("offer_id", "channel_id"))
         linked = {(link["offer_id"], link["channel_id"]) for link in links}
@@ -129,9 +139,17 @@ class OfferResource(Resource):
         OfferChannel.objects.filter(pk__in=stale).delete()
         return outcome
 
+    def fetch(self, client: SparkflyClient, row) -> dict:
+        # write_items fetches the full offer itself; its id is all it needs.
+        return {"id": row.sparkfly_id}
+
 
 def _single(path: str) -> Callable[[], list[Stream]]:
     return lambda: [Stream("all", path)]
+
+
+def _below(collection_path: str) -> Callable[[object], str]:
+    return lambda row: f"{collection_path}/{row.sparkfly_id}"
 
 
 def _per_parent(model: type, template: str, placeholder: str) -> Callable[[], list[Stream]]:
@@ -148,12 +166,36 @@ def _per_parent(model: type, template: str, placeholder: str) -> Callable[[], li
 RESOURCES: dict[str, Resource] = {
     resource.name: resource
     for resource in (
-        Resource("merchants", Merchant, "merchants", "merchant", payloads.merchant_row, _single(api.MERCHANTS_PATH)),
         Resource(
-            "stores", Store, "stores", "store", payloads.store_row, _per_parent(Merchant, api.STORES_PATH, "merchant_id")
+            "merchants",
+            Merchant,
+            "merchants",
+            "merchant",
+            payloads.merchant_row,
+            _single(api.MERCHANTS_PATH),
+            _below(api.MERCHANTS_PATH),
         ),
-        Resource("channels", Channel, "channels", "channel", payloads.channel_row, _single(api.CHANNELS_PATH)),
-        OfferResource("offers", Offer, "offers", "offer", payloads.offer_row, _single(api.OFFERS_PATH)),
+        Resource(
+            "stores",
+            Store,
+            "stores",
+            "store",
+            payloads.store_row,
+            _per_parent(Merchant, api.STORES_PATH, "merchant_id"),
+            lambda store: f"{api.STORES_PATH.format(merchant_id=store.merchant_id)}/{store.sparkfly_id}",
+        ),
+        Resource(
+            "channels",
+            Channel,
+            "channels",
+            "channel",
+            payloads.channel_row,
+            _single(api.CHANNELS_PATH),
+            _below(api.CHANNELS_PATH),
+        ),
+        OfferResource(
+            "offers", Offer, "offers", "offer", payloads.offer_row, _single(api.OFFERS_PATH), _below(api.OFFERS_PATH)
+        ),
         Resource(
             "members",
             Member,
@@ -161,10 +203,17 @@ RESOURCES: dict[str, Resource] = {
             "member",
             payloads.member_row,
             _single(api.MEMBERS_PATH),
+            _below(api.MEMBERS_PATH),
             max_per_page=api.MEMBERS_MAX_PER_PAGE,
         ),
         Resource(
-            "credentials", Credential, "credentials", "credential", payloads.credential_row, _single(api.CREDENTIALS_PATH)
+            "credentials",
+            Credential,
+            "credentials",
+            "credential",
+            payloads.credential_row,
+            _single(api.CREDENTIALS_PATH),
+            _below(api.CREDENTIALS_PATH),
         ),
         Resource(
             "loyalty_programs",
@@ -173,6 +222,7 @@ RESOURCES: dict[str, Resource] = {
             "loyalty_program",
             payloads.loyalty_program_row,
             _single(api.LOYALTY_PROGRAMS_PATH),
+            _below(api.LOYALTY_PROGRAMS_PATH),
         ),
         Resource(
             "loyalty_enrollments",
@@ -181,6 +231,7 @@ RESOURCES: dict[str, Resource] = {
             "loyalty_enrollment",
             payloads.loyalty_enrollment_row,
             _per_parent(LoyaltyProgram, api.LOYALTY_ENROLLMENTS_PATH, "program_id"),
+            lambda enrollment: api.LOYALTY_ENROLLMENT_PATH.format(enrollment_id=enrollment.sparkfly_id),
         ),
     )
 }
@@ -261,7 +312,7 @@ def sync_resource(
                 )
                 for page in pages:
                     with transaction.atomic():
-                        outcome = resource.write_page(client, page)
+                        outcome = resource.write_items(client, page.items, f"page {page.number}")
                         _record_page(run, stream, page, outcome)
                     if on_page is not None:
                         on_page(run, page)
@@ -301,6 +352,46 @@ def _finish(run: SyncRun, status: str, *, failure: str = "") -> None:
     if status == SyncRun.Status.SUCCEEDED:
         run.checkpoint = None
     run.save(update_fields=["status", "failure", "finished_at", "checkpoint"])
+
+
+def resource_for_model(model: type) -> Resource:
+    for resource in RESOURCES.values():
+        if resource.model is model:
+            return resource
+    raise LookupError(f"{model.__name__} is not a mirrored Sparkfly resource")
+
+
+@dataclass
+class ResyncOutcome:
+    refreshed: int = 0
+    gone: list[int] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+
+
+def resync_rows(rows, *, client: SparkflyClient) -> ResyncOutcome:
+    """Fetch each mirrored row again from Sparkfly and upsert it (the admin's "resync").
+
+    A row Sparkfly no longer has is reported in ``gone`` and left in the mirror: deleting
+    local history because of one 404 is not a call a resync should make silently.
+    """
+    outcome = ResyncOutcome()
+    for row in rows:
+        resource = resource_for_model(type(row))
+        try:
+            item = resource.fetch(client, row)
+            with transaction.atomic():
+                written = resource.write_items(client, [item], f"{resource.item} {row.sparkfly_id}")
+        except SparkflyNotFound:
+            outcome.gone.append(row.sparkfly_id)
+            continue
+        except (SparkflyError, payloads.PayloadError) as exc:
+            outcome.failures.append(f"{resource.item} {row.sparkfly_id}: {exc}")
+            continue
+        if written.errors:
+            outcome.failures.extend(written.errors)
+        else:
+            outcome.refreshed += 1
+    return outcome
 
 
 def sync_all(*, client: SparkflyClient, resources: list[str] | None = None, **options) -> list[SyncRun]:

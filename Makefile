@@ -1,0 +1,34 @@
+# The two commands of the README: `make run` and `make test`. Everything else supports them.
+# Needs only Python 3.11 and pip (and apt, once tests need Debian packages).
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+
+.PHONY: setup run test bench stop-db clean
+
+setup: $(INSTALLED)
+
+# Re-installs only when pyproject.toml changes; safe to run again and again.
+$(INSTALLED): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "Python 3.11+ is required"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check --upgrade pip
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@touch $@
+
+run: setup
+	DEBUG=$${DEBUG:-true} $(BIN)/python manage.py runportal
+
+test: setup
+	$(BIN)/python -m pytest
+
+bench: setup
+	$(BIN)/python benchmarks/sync.py
+
+stop-db: setup
+	$(BIN)/python manage.py embedded_db stop
+
+clean: stop-db
+	rm -rf $(VENV) .data

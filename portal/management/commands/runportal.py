@@ -1,0 +1,119 @@
+"""``python manage.py runportal`` (what ``make run`` calls): the whole portal on one machine.
+
+Migrates, makes sure a demo administrator exists, then starts and watches three processes:
+the web server, the procrastinate worker and — when no Sparkfly credentials are configured —
+the Sparkfly sandbox, which the web server and worker are then pointed at. Ctrl-C stops all
+of them; if one dies, the others are stopped too, so nothing is left half-running.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.management import call_command
+from django.core.management.base import BaseCommand, CommandError
+
+DEMO_ADMIN_USERNAME = "admin"
+
+
+class Command(BaseCommand):
+    help = "Start the web server, the worker and (without Sparkfly credentials) the Sparkfly sandbox."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
+        parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
+        parser.add_argument("--sandbox-port", type=int, default=int(os.environ.get("SANDBOX_PORT", "8100")))
+        parser.add_argument("--sandbox-members", type=int, default=2000, help="members the sandbox is seeded with")
+
+    def handle(self, *args, host, port, sandbox_port, sandbox_members, **options):
+        use_sandbox = not (settings.SPARKFLY_IDENTITY and settings.SPARKFLY_KEY)
+        ports = [port] + ([sandbox_port] if use_sandbox else [])
+        for busy in [p for p in ports if _port_in_use(host, p)]:
+            raise CommandError(f"port {busy} is already in use; stop what uses it or pick another with PORT / SANDBOX_PORT")
+
+        call_command("migrate", interactive=False, verbosity=0)
+        login = _ensure_demo_admin(Path(settings.EMBEDDED_DB_DIR).parent / "demo-admin.txt")
+
+        env = dict(os.environ)
+        manage = [sys.executable, str(Path(settings.BASE_DIR) / "manage.py")]
+        processes: dict[str, list[str]] = {}
+        if use_sandbox:
+            sandbox_url = f"http://127.0.0.1:{sandbox_port}"
+            env.update(SPARKFLY_API_URL=sandbox_url, SPARKFLY_IDENTITY="sandbox", SPARKFLY_KEY="sandbox")
+            processes["sandbox"] = manage + [
+                "sparkfly_sandbox", "--host", "127.0.0.1", "--port", str(sandbox_port), "--members", str(sandbox_members)
+            ]
+        processes["web"] = manage + ["runserver", f"{host}:{port}"]
+        processes["worker"] = manage + ["procrastinate", "worker"]
+
+        children = {name: subprocess.Popen(command, env=env) for name, command in processes.items()}
+        base = f"http://{host}:{port}"
+        self.stdout.write(self.style.SUCCESS("\nThe portal is starting:"))
+        self.stdout.write(f"  portal      {base}/")
+        self.stdout.write(f"  admin       {base}/admin/   login: {login}")
+        self.stdout.write(f"  health      {base}/healthz")
+        if use_sandbox:
+            self.stdout.write(f"  sandbox     {sandbox_url}  (Sparkfly simulator, identity/key sandbox/sandbox)")
+            self.stdout.write("  The worker mirrors the sandbox within a minute; `manage.py sync_sparkfly` does it now.")
+        self.stdout.write("Press Ctrl-C to stop everything.\n")
+        self._watch(children)
+
+    def _watch(self, children: dict[str, subprocess.Popen]) -> None:
+        try:
+            while True:
+                for name, child in children.items():
+                    if child.poll() is not None:
+                        raise CommandError(f"the {name} process exited with status {child.returncode}; stopping the rest")
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            self.stdout.write("\nstopping…")
+        finally:
+            _stop_all(children.values())
+
+
+def _port_in_use(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host if host != "0.0.0.0" else "", port))
+        except OSError:
+            return True
+    return False
+
+
+def _ensure_demo_admin(login_file: Path) -> str:
+    """Create the demo administrator once; its password lives in .data/ (never in the repo)."""
+    User = get_user_model()
+    if User.objects.filter(username=DEMO_ADMIN_USERNAME).exists() and login_file.exists():
+        return login_file.read_text().strip()
+    password = secrets.token_urlsafe(12)
+    user, _ = User.objects.get_or_create(username=DEMO_ADMIN_USERNAME, defaults={"email": "admin@example.com"})
+    user.is_staff = user.is_superuser = True
+    user.set_password(password)
+    user.save()
+    login = f"{DEMO_ADMIN_USERNAME} / {password}"
+    login_file.parent.mkdir(parents=True, exist_ok=True)
+    login_file.write_text(login + "\n")
+    login_file.chmod(0o600)
+    return login
+
+
+def _stop_all(children) -> None:
+    for child in children:
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    for child in children:
+        try:
+            child.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            child.kill()

@@ -1,0 +1,58 @@
+"""Background jobs of the Sparkfly side (procrastinate). Thin: they call services by name/id."""
+
+from __future__ import annotations
+
+import logging
+
+from django.conf import settings
+from django.utils import timezone
+from procrastinate import exceptions as procrastinate_exceptions
+from procrastinate.contrib.django import app
+
+logger = logging.getLogger(__name__)
+
+SYNC_QUEUEING_LOCK = "sparkfly-mirror-sync"
+
+
+@app.task(name="sparkfly_sync.sync_mirror", queue="sync")
+def sync_mirror(resources: list[str] | None = None) -> None:
+    """Run the mirror sync of the given resources (default: all)."""
+    from sparkfly_sync.client import client_from_settings
+    from sparkfly_sync.sync import SyncAlreadyRunning, sync_all
+
+    try:
+        runs = sync_all(client=client_from_settings(), resources=resources)
+    except SyncAlreadyRunning as exc:
+        logger.info("mirror sync skipped: %s", exc)
+        return
+    failed = [f"{run.resource}: {run.failure}" for run in runs if run.status == "failed"]
+    if failed:
+        logger.warning("mirror sync finished with failures: %s", "; ".join(failed))
+
+
+def queue_mirror_sync(resources: list[str] | None = None) -> bool:
+    """Queue one mirror sync; False when one is already waiting to run."""
+    try:
+        sync_mirror.configure(queueing_lock=SYNC_QUEUEING_LOCK).defer(resources=resources)
+    except procrastinate_exceptions.AlreadyEnqueued:
+        return False
+    return True
+
+
+@app.periodic(cron="* * * * *", periodic_id="sparkfly-mirror-schedule")
+@app.task(name="sparkfly_sync.schedule_mirror_sync", queue="sync")
+def schedule_mirror_sync(timestamp: int) -> None:
+    """Every minute: queue a full sync when the last one started SYNC_INTERVAL minutes ago.
+
+    Checking each minute (rather than a cron built from the interval) lets any interval work
+    and lets a changed interval apply without restarting workers.
+    """
+    from sparkfly_sync.selectors import minutes_since_last_full_sync
+
+    interval = settings.SPARKFLY_SYNC_INTERVAL_MINUTES
+    if interval <= 0 or not settings.SPARKFLY_API_URL:
+        return
+    elapsed = minutes_since_last_full_sync()
+    if elapsed is None or elapsed >= interval:
+        if queue_mirror_sync():
+            logger.info("queued the periodic mirror sync at %s", timezone.now().isoformat())
