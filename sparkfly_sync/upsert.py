@@ -66,11 +66,20 @@ def upsert_rows(
 
 def _upsert_group(model, columns, rows, conflict_fields, now) -> UpsertResult:
     opts = model._meta
-    fields = [opts.get_field(name) for name in columns]
+    given = [opts.get_field(name) for name in columns]
+    # A new row gets the model default for a column its payload left out; an existing row
+    # keeps what it has (only the given columns are compared and updated).
+    defaulted = [
+        field
+        for field in opts.concrete_fields
+        if not field.primary_key and field.column != "synced_at" and field not in given
+    ]
+    fields = given + defaulted
     db_columns = [field.column for field in fields] + ["synced_at"]
     conflict_columns = [opts.get_field(name).column for name in conflict_fields]
-    compared = [column for column in db_columns if column not in conflict_columns and column != "synced_at"]
+    compared = [field.column for field in given if field.column not in conflict_columns]
     json_positions = [i for i, field in enumerate(fields) if isinstance(field, models.JSONField)]
+    defaults = [field.get_default() for field in defaulted]
 
     table = sql.Identifier(opts.db_table)
     stage = sql.Identifier(f"stage_{opts.db_table}")
@@ -104,7 +113,7 @@ def _upsert_group(model, columns, rows, conflict_fields, now) -> UpsertResult:
         copy_statement = sql.SQL("COPY {stage} ({cols}) FROM STDIN").format(stage=stage, cols=column_list)
         with cursor.copy(copy_statement) as copy:
             for row in rows:
-                values = [row[name] for name in columns]
+                values = [row[name] for name in columns] + defaults
                 for i in json_positions:
                     values[i] = Jsonb(values[i])
                 values.append(now)
