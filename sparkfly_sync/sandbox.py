@@ -1634,9 +1634,22 @@ def serve_in_thread(sandbox: SparkflySandbox, host: str = "127.0.0.1", port: int
     return SandboxServer(sandbox, server, thread)
 
 
-def serve_forever(sandbox: SparkflySandbox, host: str = "127.0.0.1", port: int = 8100) -> None:
-    """Serve ``sandbox`` in this thread until Ctrl-C (werkzeug then closes the socket quietly)."""
-    make_server(host, port, sandbox, threaded=True).serve_forever()
+def serve_forever(
+    sandbox: SparkflySandbox,
+    host: str = "127.0.0.1",
+    port: int = 8100,
+    *,
+    ready: Callable[[str], None] | None = None,
+) -> None:
+    """Serve ``sandbox`` in this thread until Ctrl-C (werkzeug then closes the socket quietly).
+
+    ``ready`` gets the base URL once the port is bound (werkzeug exits with a message if the
+    port is taken), so nothing announces a URL that is not being served.
+    """
+    server = make_server(host, port, sandbox, threaded=True)
+    if ready is not None:
+        ready(f"http://{server.host}:{server.port}")
+    server.serve_forever()
 
 
 __all__ = ["Fault", "LoggedRequest", "SandboxServer", "SparkflySandbox", "serve_forever", "serve_in_thread"]
