@@ -436,9 +436,10 @@ class MemberAdmin(SparkflyMirrorAdmin):
 
     def exact_search(self, term):
         # Normalised the way the sync stored them, so "(415) 555-0134" finds +14155550134.
+        # Emails match whatever the case: the sync keeps the local part's case as Sparkfly sent it.
         lookups = super().exact_search(term)
         if "@" in term and (email := normalize_email(term)):
-            lookups.append(Q(email=email))
+            lookups.append(Q(email__iexact=email))
         if phone := normalize_phone(term, settings.MEMBER_PHONE_REGION):
             lookups.append(Q(phone=phone))
         return lookups
