@@ -270,7 +270,8 @@ class SparkflySandbox:
         self.callbacks: list[dict[str, Any]] = []
         self._faults: list[Fault] = []
         self._tokens: dict[str, datetime] = {}  # token -> issued at
-        self._lock = threading.Lock()
+        # Re-entrant: the /_sandbox/ endpoints run under it and call the public helpers.
+        self._lock = threading.RLock()
         # Everything generated while serving (tokens, request ids, traces, new xids and
         # credential identifiers) comes from this stream, so a replayed request sequence
         # replays byte for byte.
@@ -1579,20 +1580,17 @@ class SparkflySandbox:
     def control_inject_fault(self, request: Request) -> Response:
         body = self._body(request)
         try:
-            fault = Fault(**body)
+            fault = self.inject_fault(**body)
         except TypeError as exc:
             return self._error(400, f"Bad fault: {exc}")
-        self._faults.append(fault)  # already under the lock: not via inject_fault()
         return self._json({"fault": asdict(fault)}, 201)
 
     def control_clear_faults(self, request: Request) -> Response:
-        self._faults.clear()
+        self.clear_faults()
         return self._json({"faults": []})
 
     def control_expire_tokens(self, request: Request) -> Response:
-        count = len(self._tokens)
-        self._tokens.clear()
-        return self._json({"expired": count})
+        return self._json({"expired": self.expire_tokens()})
 
     def control_callbacks(self, request: Request) -> Response:
         return self._json({"callbacks": self.callbacks})

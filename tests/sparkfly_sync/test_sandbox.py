@@ -783,16 +783,35 @@ def test_request_log_records_method_path_and_query(api, sparkfly_sandbox):
 
 
 def test_same_arguments_give_byte_identical_bodies_and_another_seed_differs(sparkfly_sandbox_factory):
+    fixed_now = datetime(2026, 5, 1, 12, 0, tzinfo=timezone.utc)
     paths = ["/v1.0/members?per_page=50", "/v1.0/offers", "/v1.0/offers/1701", "/v1.0/merchants", LOYALTY_ENROLLMENTS_PATH.format(program_id=1)]
 
     def bodies(seed):
-        api = Api(sparkfly_sandbox_factory(seed=seed).base_url)
-        return [api.get(path).content for path in paths]
+        api = Api(sparkfly_sandbox_factory(seed=seed, clock=lambda: fixed_now).base_url)
+        seeded = [api.get(path).content for path in paths]
+        # Generated while serving: a credential identifier, the xids of new links, a 404's trace.
+        credential = _credential(api, offer=_offers_by_kind(api)["running"]).content
+        api.post("/v1.0/offers/1702/channels", json={"offer": {"channel_ids": [451, 452, 453]}})
+        relinked = api.get("/v1.0/offers/1702").content
+        not_found = api.get("/v1.0/members/1").content
+        return seeded + [credential, relinked, not_found]
 
     first, again, other = bodies(7), bodies(7), bodies(8)
 
     assert first == again
     assert first[0] != other[0] and first[2] != other[2]
+
+
+def test_a_callback_to_the_sandbox_itself_does_not_deadlock(sparkfly_sandbox_factory):
+    """The callback runs after the state lock is released, so it may call the sandbox back."""
+    server = sparkfly_sandbox_factory(callback_method="GET")
+    api = Api(server.base_url)
+
+    started = time.perf_counter()
+    _redeem_with_callback(api, server.base_url + "/_sandbox/callbacks?credential=%{credential_id}")
+
+    assert server.sandbox.callbacks[0]["status"] == 200
+    assert time.perf_counter() - started < 2
 
 
 def test_a_10000_member_page_is_served_well_under_a_second(sparkfly_sandbox_factory):
