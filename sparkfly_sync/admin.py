@@ -56,6 +56,8 @@ admin.site.site_header = admin.site.site_title = "Sparkfly ↔ Attentive portal"
 MAX_RESYNC_ROWS = 100
 # How many related rows (a member's credentials, an offer's channels) a change page lists.
 RELATED_ROWS_SHOWN = 50
+# Columns every mirror row has (SparkflyMirror), shown after the model's own.
+MIRROR_BOOKKEEPING = ("sparkfly_id", "sparkfly_created_at", "sparkfly_updated_at", "synced_at")
 # How many gone ids and failures one message lists before summarising the rest.
 MESSAGE_ITEMS = 10
 
@@ -337,15 +339,14 @@ class SparkflyMirrorAdmin(SparkflyReadOnlyAdmin):
         return super().get_queryset(request).select_related(*self.relations)
 
     def get_fields(self, request, obj=None):
-        fields = []
+        # The model's own fields first, then the mirror's bookkeeping, then the payload.
+        own, bookkeeping = [], []
         for field in self.model._meta.concrete_fields:
             if field.primary_key or field.name == "raw":
                 continue
-            if field.many_to_one:
-                fields.append(f"{field.name}_link")
-            else:
-                fields.append(self.field_overrides.get(field.name, field.name))
-        return [*fields, *self.detail_fields, "raw_payload"]
+            name = f"{field.name}_link" if field.many_to_one else self.field_overrides.get(field.name, field.name)
+            (bookkeeping if field.name in MIRROR_BOOKKEEPING else own).append(name)
+        return [*own, *bookkeeping, *self.detail_fields, "raw_payload"]
 
     def get_readonly_fields(self, request, obj=None):
         return self.get_fields(request, obj)
@@ -429,7 +430,12 @@ class SparkflyMirrorAdmin(SparkflyReadOnlyAdmin):
 @admin.register(Member)
 class MemberAdmin(SparkflyMirrorAdmin):
     list_display = ("identifier", "name", "email", "phone", "sparkfly_id", "sparkfly_updated_at", "synced_at")
-    list_filter = (known_values_filter("notification_mode", ["app"]), presence_filter("phone"), presence_filter("email"))
+    # "app" is the only mode Sparkfly documents; any other shows under "other or empty".
+    list_filter = (
+        known_values_filter("notification_mode", ["app"]),
+        presence_filter("phone"),
+        presence_filter("email"),
+    )
     search_fields = ("identifier__exact",)
     search_help_text = "An exact identifier, email, phone number (any format) or Sparkfly id."
     detail_fields = ("credentials_table", "enrollments_table")
@@ -524,7 +530,10 @@ class OfferAdmin(SparkflyMirrorAdmin):
     @admin.display(description="channels and their XIDs")
     def channel_links_table(self, offer):
         links = offer.channel_links.select_related("channel").order_by("channel_id")[:RELATED_ROWS_SHOWN]
-        return _table(("channel", "XID", "link"), ((_related_link(l, "channel"), l.xid, _change_link(l, "details")) for l in links))
+        return _table(
+            ("channel", "XID", "link"),
+            ((_related_link(link, "channel"), link.xid, _change_link(link, "details")) for link in links),
+        )
 
 
 @admin.register(OfferChannel)

@@ -74,7 +74,8 @@ def account():
     enrollment = mirror(LoyaltyEnrollment, 81, member_id=51, program_id=71, external_id="EXT-81", status="active",
                         point_balance=120, fraud_risk_level="none")
     run = SyncRun.objects.create(resource="members", status=SyncRun.Status.FAILED, finished_at=NOW,
-                                 failure="Sparkfly did not answer in time", error_samples=["member 3 of page 2: missing 'id'"])
+                                 failure="Sparkfly did not answer in time",
+                                 error_samples=["member 3 of page 2: missing 'id'"])
     return {
         Merchant: merchant, Store: store, Channel: channel, Offer: offer, OfferChannel: link, Member: member,
         Credential: credential, LoyaltyProgram: program, LoyaltyEnrollment: enrollment, SyncRun: run,
@@ -193,7 +194,8 @@ def test_secrets_in_payloads_and_callback_urls_are_never_shown(admin_client):
     channel = mirror(Channel, 31, name="SMS", conversion_callback_url=secret_url,
                      raw={"id": 31, "conversion_callback_url": secret_url})
     link = mirror(OfferChannel, offer_id=41, channel_id=31, xid="X1",
-                  raw={"id": 9001, "xid": "X1", "security_key": "s3cr3t-value", "formatting": {"api_key": "s3cr3t-value"}})
+                  raw={"id": 9001, "xid": "X1", "security_key": "s3cr3t-value",
+                       "formatting": {"api_key": "s3cr3t-value"}})
 
     pages = [
         admin_client.get(url(Channel)),
@@ -209,14 +211,13 @@ def test_secrets_in_payloads_and_callback_urls_are_never_shown(admin_client):
 
 
 def test_relations_link_to_the_related_page_or_show_the_bare_sparkfly_id(admin_client, account):
-    orphan = mirror(Credential, 62, identifier="CODE-62", member_id=424242, channel_id=31)
+    mirror(Credential, 62, identifier="CODE-62", member_id=424242, channel_id=31)  # its member is not mirrored
 
     page = admin_client.get(url(Credential)).content.decode()
 
     assert f'<a href="{url(Member, "change", account[Member].pk)}">member-000051</a>' in page
     assert f'<a href="{url(Channel, "change", account[Channel].pk)}">Attentive SMS</a>' in page
     assert "<td class=\"field-member_link\">424242</td>" in page
-    assert orphan.member_id == 424242
 
 
 def test_member_page_lists_its_newest_credentials_and_enrollments(admin_client, account):
@@ -258,7 +259,8 @@ def test_sync_run_page_shows_its_failure_and_error_samples(admin_client, account
 
 @pytest.mark.parametrize(
     "term",
-    ["Ada.Lovelace@EXAMPLE.com", "ada.lovelace@example.com", "(415) 555-0134", "+1 415 555 0134", "51", "member-000051"],
+    ["Ada.Lovelace@EXAMPLE.com", "ada.lovelace@example.com", "(415) 555-0134", "+1 415 555 0134", "51",
+     "member-000051"],
 )
 def test_member_search_by_email_phone_id_or_identifier(admin_client, account, term):
     mirror(Member, 52, identifier="member-000052", email="grace@example.com", phone="+14155550199")
