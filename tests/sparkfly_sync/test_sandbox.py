@@ -30,6 +30,11 @@ SEED_004_FIELDS = {
     "historical_points", "tier_id", "tier_term_end_date", "tier_term_start_time",
     "fraud_risk_level", "created_at", "updated_at",
 }
+AUTH_HEADERS = {"X-Auth-Identity": "sandbox", "X-Auth-Key": "sandbox"}
+ELIGIBLE_CHANNEL_FIELDS = {
+    "id", "channel_id", "xid", "name", "security", "security_key", "offer_id", "sms_keyword",
+    "allow_return_later", "formatting",
+}
 CREDENTIAL_FIELDS = {  # seed 001's payload, plus status, redeemed_at, voided_at, reusable
     "id", "account_id", "created_at", "updated_at", "identifier", "member_id", "store_id",
     "channel_id", "offer_ids", "annotations", "code_lifetime", "supports_barcode", "merchant_id",
@@ -44,7 +49,7 @@ class Api:
     def __init__(self, base_url: str) -> None:
         self.base_url = base_url
         self.session = requests.Session()
-        answer = self.session.get(f"{base_url}/auth", headers={"X-Auth-Identity": "sandbox", "X-Auth-Key": "sandbox"})
+        answer = self.session.get(f"{base_url}/auth", headers=AUTH_HEADERS)
         assert answer.status_code == 204, answer.text
         self.session.headers["X-Auth-Token"] = answer.headers["X-Auth-Token"]
 
@@ -117,7 +122,7 @@ def _credential(api: Api, *, offer: dict, member_id: int | None = None, **extra)
 
 @pytest.mark.parametrize("method", ["GET", "POST"])
 def test_auth_answers_204_with_a_64_hex_token_for_get_and_post(sparkfly_sandbox, method):
-    answer = requests.request(method, f"{sparkfly_sandbox.base_url}/auth", headers={"X-Auth-Identity": "sandbox", "X-Auth-Key": "sandbox"})
+    answer = requests.request(method, f"{sparkfly_sandbox.base_url}/auth", headers=AUTH_HEADERS)
 
     assert answer.status_code == 204
     assert re.fullmatch(r"[0-9a-f]{64}", answer.headers["X-Auth-Token"])
@@ -136,7 +141,7 @@ def test_identity_and_key_are_configurable(sparkfly_sandbox_factory):
     server = sparkfly_sandbox_factory(identity="acct-42", key="s3cret")
 
     good = requests.post(f"{server.base_url}/auth", headers={"X-Auth-Identity": "acct-42", "X-Auth-Key": "s3cret"})
-    default = requests.post(f"{server.base_url}/auth", headers={"X-Auth-Identity": "sandbox", "X-Auth-Key": "sandbox"})
+    default = requests.post(f"{server.base_url}/auth", headers=AUTH_HEADERS)
 
     assert (good.status_code, default.status_code) == (204, 401)
 
@@ -272,9 +277,11 @@ def test_member_profiles_exercise_phone_normalisation(sparkfly_sandbox_factory):
 
 
 def test_member_create_read_update_delete(api):
-    created = api.post("/v1.0/members", json={"member": {"identifier": "crm-1", "member_profile": {"first_name": "Ada", "phone": "415-555-0199"}}})
+    profile = {"first_name": "Ada", "phone": "415-555-0199"}
+    created = api.post("/v1.0/members", json={"member": {"identifier": "crm-1", "member_profile": profile}})
     member_id = created.json()["member"]["id"]
-    updated = api.put(f"/v1.0/members/{member_id}", json={"member": {"notification_mode": "email", "member_profile": {"last_name": "Lovelace"}}})
+    change = {"notification_mode": "email", "member_profile": {"last_name": "Lovelace"}}
+    updated = api.put(f"/v1.0/members/{member_id}", json={"member": change})
     deleted = api.delete(f"/v1.0/members/{member_id}")
     gone = api.get(f"/v1.0/members/{member_id}")
 
@@ -421,7 +428,7 @@ def test_eligible_channel_get_and_put(api):
     unlinked = api.get(f"/v1.0/offers/{offer['id']}/channels/99999")
 
     assert got.status_code == 200
-    assert set(got.json()["eligible_channel"]) == {"id", "channel_id", "xid", "name", "security", "security_key", "offer_id", "sms_keyword", "allow_return_later", "formatting"}
+    assert set(got.json()["eligible_channel"]) == ELIGIBLE_CHANNEL_FIELDS
     assert got.json()["eligible_channel"]["xid"] == offer["channels"][0]["channel"]["xid"]
     assert put.status_code == 201
     assert put.json()["eligible_channel"]["sms_keyword"] == "BURGER" and put.json()["eligible_channel"]["allow_return_later"] is False
@@ -436,13 +443,17 @@ def test_eligible_channel_get_and_put(api):
 def test_channel_create_update_delete_and_name_is_required(api):
     created = api.post("/v1.0/channels", json={"channel": {"name": "Email"}})
     channel_id = created.json()["channel"]["id"]
-    updated = api.put(f"/v1.0/channels/{channel_id}", json={"channel": {"conversion_callback_url": "https://example.com/cb/%{credential_id}"}})
+    callback = "https://example.com/cb/%{credential_id}"
+    updated = api.put(f"/v1.0/channels/{channel_id}", json={"channel": {"conversion_callback_url": callback}})
     nameless = api.post("/v1.0/channels", json={"channel": {"allow_hmac": True}})
     deleted = api.delete(f"/v1.0/channels/{channel_id}")
 
     assert created.status_code == 201
-    assert created.json() == {"channel": {"id": channel_id, "name": "Email", "allow_sms_keyword": False, "allow_hmac": False, "conversion_callback_url": None}, "errors": {}}
-    assert updated.status_code == 200 and updated.json()["channel"]["conversion_callback_url"] == "https://example.com/cb/%{credential_id}"
+    assert created.json() == {
+        "channel": {"id": channel_id, "name": "Email", "allow_sms_keyword": False, "allow_hmac": False, "conversion_callback_url": None},
+        "errors": {},
+    }
+    assert updated.status_code == 200 and updated.json()["channel"]["conversion_callback_url"] == callback
     assert nameless.status_code == 422 and nameless.json()["errors"] == {"name": "can't be blank"}
     assert deleted.status_code == 200 and api.get(f"/v1.0/channels/{channel_id}").status_code == 404
 
@@ -504,7 +515,8 @@ def test_credential_created_with_a_json_body_and_an_offer_gets_its_identifier_at
 def test_credential_validation_messages_are_seed_001s(api):
     offers = _offers_by_kind(api)
     running, pending, expired = offers["running"], offers["pending"], offers["expired"]
-    unlinked_channel = next(c["id"] for c in api.items("/v1.0/channels", "channels", "channel") if c["id"] not in running["eligibility"]["channel_ids"])
+    channels = api.items("/v1.0/channels", "channels", "channel")
+    unlinked_channel = next(c["id"] for c in channels if c["id"] not in running["eligibility"]["channel_ids"])
     foreign_store = next(
         s["id"] for m in api.items("/v1.0/merchants", "merchants", "merchant") if m["id"] != running["merchant_id"]
         for s in api.items(f"/v1.0/merchants/{m['id']}/stores", "stores", "store")
@@ -512,14 +524,20 @@ def test_credential_validation_messages_are_seed_001s(api):
     channel_id = running["channels"][0]["channel"]["id"]
 
     def error_of(**fields):
-        answer = api.post("/v1.0/credentials", json={"credential": {"member_id": _first_member_id(api), "channel_id": channel_id, **fields}})
+        credential = {"member_id": _first_member_id(api), "channel_id": channel_id, **fields}
+        answer = api.post("/v1.0/credentials", json={"credential": credential})
         assert answer.status_code == 422, answer.text
         return next(iter(answer.json()["errors"].values()))
 
     assert error_of(member_id=None) == "Member can't be blank"
-    assert error_of(offer_id=pending["id"], channel_id=pending["channels"][0]["channel"]["id"]) == f"offer {pending['name']} must be approved to generate a credential"
-    assert error_of(offer_id=expired["id"], channel_id=expired["channels"][0]["channel"]["id"]) == f"Offer with ID {expired['id']} is no longer active"
-    assert error_of(offer_id=running["id"], channel_id=unlinked_channel) == f"Offer not found or not eligible by channel, with id: {running['id']}"
+    def on_its_channel(offer):
+        return {"offer_id": offer["id"], "channel_id": offer["channels"][0]["channel"]["id"]}
+
+    assert error_of(**on_its_channel(pending)) == f"offer {pending['name']} must be approved to generate a credential"
+    assert error_of(**on_its_channel(expired)) == f"Offer with ID {expired['id']} is no longer active"
+    assert error_of(offer_id=running["id"], channel_id=unlinked_channel) == (
+        f"Offer not found or not eligible by channel, with id: {running['id']}"
+    )
     assert error_of(offer_ids=[123456, 654321]) == "Offer not found or not eligible by channel, with id: 123456, 654321"
     assert error_of(offer_id=running["id"], store_id=foreign_store) == f"Store must be eligible for offer: {running['name']}"
 
@@ -559,7 +577,8 @@ def test_redeem_and_void_lifecycle(api):
 
     assert redeemed.status_code == 201
     assert redeemed.json()["credential"]["status"] == "redeemed" and redeemed.json()["credential"]["redeemed_at"]
-    assert redeemed.json()["credential"]["store_id"] == store["id"] and store["location"]["city"] in redeemed.json()["credential"]["location_address"]
+    assert redeemed.json()["credential"]["store_id"] == store["id"]
+    assert store["location"]["city"] in redeemed.json()["credential"]["location_address"]
     assert again.status_code == 422 and again.json() == {"error": "Credential has already been redeemed"}
     assert void_redeemed.status_code == 422
     assert voided.status_code == 201 and voided.json()["credential"]["status"] == "voided" and voided.json()["credential"]["voided_at"]
@@ -650,7 +669,9 @@ def test_redeem_calls_the_conversion_callback_with_placeholders_substituted(api,
         "store": [""], "at": [credential["redeemed_at"]], "status": ["redeemed"], "uid": [member["identifier"]],
         "ac": ["hero banner"], "click": ["c&1"], "unknown": [""],
     }
-    assert sparkfly_sandbox.sandbox.callbacks == [{"url": callback_receiver.url + full_path, "method": "POST", "status": 200, "error": None}]
+    assert sparkfly_sandbox.sandbox.callbacks == [
+        {"url": callback_receiver.url + full_path, "method": "POST", "status": 200, "error": None}
+    ]
     assert requests.get(f"{sparkfly_sandbox.base_url}/_sandbox/callbacks").json() == {"callbacks": sparkfly_sandbox.sandbox.callbacks}
 
 
@@ -728,7 +749,9 @@ def test_loyalty_enrollment_create_requires_an_existing_member(api):
 
 
 def test_inject_fault_skips_after_then_answers_times_raw(api, sparkfly_sandbox):
-    sparkfly_sandbox.sandbox.inject_fault("/v1.0/members", status=503, body="<html>down</html>", content_type="text/html", times=2, after=1)
+    sparkfly_sandbox.sandbox.inject_fault(
+        "/v1.0/members", status=503, body="<html>down</html>", content_type="text/html", times=2, after=1
+    )
 
     statuses = [api.get("/v1.0/members").status_code for _ in range(4)]
     sparkfly_sandbox.sandbox.inject_fault("/v1.0/members", body='{"members": [')
@@ -741,7 +764,8 @@ def test_inject_fault_skips_after_then_answers_times_raw(api, sparkfly_sandbox):
 
 def test_faults_over_http_inject_and_clear(api, sparkfly_sandbox):
     base = sparkfly_sandbox.base_url
-    injected = requests.post(f"{base}/_sandbox/faults", json={"path_prefix": "/v1.0/offers", "status": 502, "body": "bad gateway", "times": 5})
+    fault = {"path_prefix": "/v1.0/offers", "status": 502, "body": "bad gateway", "times": 5}
+    injected = requests.post(f"{base}/_sandbox/faults", json=fault)
 
     faulted = api.get("/v1.0/offers")
     requests.delete(f"{base}/_sandbox/faults")
@@ -757,7 +781,7 @@ def test_faults_over_http_inject_and_clear(api, sparkfly_sandbox):
 def test_faults_also_hit_auth(sparkfly_sandbox):
     sparkfly_sandbox.sandbox.inject_fault("/auth", status=500)
 
-    answer = requests.get(f"{sparkfly_sandbox.base_url}/auth", headers={"X-Auth-Identity": "sandbox", "X-Auth-Key": "sandbox"})
+    answer = requests.get(f"{sparkfly_sandbox.base_url}/auth", headers=AUTH_HEADERS)
 
     assert answer.status_code == 500 and answer.json() == {"error": "boom"}
 
@@ -784,7 +808,10 @@ def test_request_log_records_method_path_and_query(api, sparkfly_sandbox):
 
 def test_same_arguments_give_byte_identical_bodies_and_another_seed_differs(sparkfly_sandbox_factory):
     fixed_now = datetime(2026, 5, 1, 12, 0, tzinfo=timezone.utc)
-    paths = ["/v1.0/members?per_page=50", "/v1.0/offers", "/v1.0/offers/1701", "/v1.0/merchants", LOYALTY_ENROLLMENTS_PATH.format(program_id=1)]
+    paths = [
+        "/v1.0/members?per_page=50", "/v1.0/offers", "/v1.0/offers/1701", "/v1.0/merchants",
+        LOYALTY_ENROLLMENTS_PATH.format(program_id=1),
+    ]
 
     def bodies(seed):
         api = Api(sparkfly_sandbox_factory(seed=seed, clock=lambda: fixed_now).base_url)

@@ -197,7 +197,8 @@ def _new_member(c: Client) -> dict:
 def _new_credential(c: Client) -> dict:
     """An open credential of a fresh member, so redemption limits never get in the way."""
     offer = _running_offer(c)
-    body = {"credential": {"member_id": _new_member(c)["id"], "channel_id": offer["channels"][0]["channel"]["id"], "offer_id": offer["id"]}}
+    channel_id = offer["channels"][0]["channel"]["id"]
+    body = {"credential": {"member_id": _new_member(c)["id"], "channel_id": channel_id, "offer_id": offer["id"]}}
     return c.call("POST", "/v1.0/credentials", json=body).json()["credential"]
 
 
@@ -397,7 +398,8 @@ def _(c):
 @case("put", "/v1.0/credentials/{credential_id}")
 def _(c):
     credential = _new_credential(c)
-    return c.call("PUT", f"/v1.0/credentials/{credential['id']}?channel_id={credential['channel_id']}", json={"credential": {"annotations": {"sf_ac": "banner"}}})
+    path = f"/v1.0/credentials/{credential['id']}?channel_id={credential['channel_id']}"
+    return c.call("PUT", path, json={"credential": {"annotations": {"sf_ac": "banner"}}})
 
 
 @case("delete", "/v1.0/credentials/{credential_id}")
