@@ -54,7 +54,7 @@ ERRATA: list[tuple[str, dict, str]] = [
     ("schemas/channel/properties/conversion_callback_url", NULLABLE,
      'seed 002: a new channel returns "conversion_callback_url": null'),
     ("schemas/offer/properties/merchant_id,manufacturer_id", INTEGER_ID,
-     "ref §7: typed string, but ids are integers (seed 002 credential: "merchant_id": 251) or null (seed 002 new offer)"),
+     'ref §7: typed string, but ids are integers (seed 002 credential: "merchant_id": 251) or null (seed 002 new offer)'),
     ("schemas/offer_simplified/properties/merchant_id,manufacturer_id", INTEGER_ID, "as for offer, above"),
     ("schemas/offer/properties/quest_only", {"type": "boolean", "format": None},
      'ref §7: typed string, but seed 002 returns "quest_only": false'),
