@@ -119,8 +119,9 @@ def normalize_email(value: str) -> str:
         validate_email(value)
     except ValidationError:
         return ""
-    local, _, domain = value.rpartition("@")
-    return f"{local}@{domain.lower()}"
+    # Lowercased whole: mailbox providers treat local parts case-insensitively in practice, and
+    # one spelling per address is what lookups, dedup and Attentive's matching need.
+    return value.lower()
 
 
 def member_row(payload: dict) -> dict:

@@ -29,7 +29,7 @@ from django.utils import timezone
 from sparkfly_sync import client as api
 from sparkfly_sync import payloads
 from sparkfly_sync.client import Page, SparkflyClient
-from sparkfly_sync.errors import SparkflyError, SparkflyNotFound
+from sparkfly_sync.errors import SparkflyAuthError, SparkflyConnectionError, SparkflyError, SparkflyNotFound
 from sparkfly_sync.models import (
     Channel,
     Credential,
@@ -152,6 +152,13 @@ def _below(collection_path: str) -> Callable[[object], str]:
     return lambda row: f"{collection_path}/{row.sparkfly_id}"
 
 
+def _store_path(store) -> str:
+    if store.merchant_id is None:
+        # Sparkfly only serves a store under its merchant.
+        raise payloads.PayloadError(f"store {store.sparkfly_id} has no merchant, so Sparkfly cannot be asked for it")
+    return f"{api.STORES_PATH.format(merchant_id=store.merchant_id)}/{store.sparkfly_id}"
+
+
 def _per_parent(model: type, template: str, placeholder: str) -> Callable[[], list[Stream]]:
     """One stream per mirrored parent (stores per merchant, enrollments per program)."""
 
@@ -182,7 +189,7 @@ RESOURCES: dict[str, Resource] = {
             "store",
             payloads.store_row,
             _per_parent(Merchant, api.STORES_PATH, "merchant_id"),
-            lambda store: f"{api.STORES_PATH.format(merchant_id=store.merchant_id)}/{store.sparkfly_id}",
+            _store_path,
         ),
         Resource(
             "channels",
@@ -372,7 +379,8 @@ def resync_rows(rows, *, client: SparkflyClient) -> ResyncOutcome:
     """Fetch each mirrored row again from Sparkfly and upsert it (the admin's "resync").
 
     A row Sparkfly no longer has is reported in ``gone`` and left in the mirror: deleting
-    local history because of one 404 is not a call a resync should make silently.
+    local history because of one 404 is not a call a resync should make silently. An outage
+    or a rejected key would fail every row alike, so it stops the resync and is raised.
     """
     outcome = ResyncOutcome()
     for row in rows:
@@ -384,6 +392,8 @@ def resync_rows(rows, *, client: SparkflyClient) -> ResyncOutcome:
         except SparkflyNotFound:
             outcome.gone.append(row.sparkfly_id)
             continue
+        except (SparkflyConnectionError, SparkflyAuthError):
+            raise
         except (SparkflyError, payloads.PayloadError) as exc:
             outcome.failures.append(f"{resource.item} {row.sparkfly_id}: {exc}")
             continue

@@ -5,13 +5,13 @@ from __future__ import annotations
 import logging
 
 from django.conf import settings
+from django.db import transaction
 from django.utils import timezone
 from procrastinate import exceptions as procrastinate_exceptions
 from procrastinate.contrib.django import app
 
 logger = logging.getLogger(__name__)
 
-SYNC_QUEUEING_LOCK = "sparkfly-mirror-sync"
 
 
 @app.task(name="sparkfly_sync.sync_mirror", queue="sync")
@@ -31,9 +31,15 @@ def sync_mirror(resources: list[str] | None = None) -> None:
 
 
 def queue_mirror_sync(resources: list[str] | None = None) -> bool:
-    """Queue one mirror sync; False when one is already waiting to run."""
+    """Queue a mirror sync of ``resources`` (default all); False when the same one already waits.
+
+    procrastinate refuses a second waiting job with the same queueing lock through a failed
+    INSERT; the savepoint keeps that failure from aborting the caller's transaction.
+    """
+    lock = "sparkfly-mirror-sync:" + (",".join(sorted(resources)) if resources else "all")
     try:
-        sync_mirror.configure(queueing_lock=SYNC_QUEUEING_LOCK).defer(resources=resources)
+        with transaction.atomic():
+            sync_mirror.configure(queueing_lock=lock).defer(resources=resources)
     except procrastinate_exceptions.AlreadyEnqueued:
         return False
     return True

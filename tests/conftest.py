@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from django.db import connection
 
 from sparkfly_sync.client import RetryPolicy, SparkflyClient
 
@@ -40,3 +41,32 @@ def sparkfly_settings(settings, sparkfly_sandbox):
     settings.SPARKFLY_IDENTITY = "sandbox"
     settings.SPARKFLY_KEY = "sandbox"
     return settings
+
+
+@pytest.fixture(autouse=True)
+def fast_password_hashing(settings):
+    # admin_client and friends create users with passwords; the default hasher is slow by design.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture(autouse=True)
+def empty_job_queue(request):
+    """Tests in autocommit mode (``transaction=True``) commit procrastinate jobs, and Django's
+    flush leaves procrastinate's unmanaged tables alone: empty them around such tests."""
+    marker = request.node.get_closest_marker("django_db")
+    transactional = "transactional_db" in request.fixturenames or bool(marker and marker.kwargs.get("transaction"))
+    if not transactional:
+        yield
+        return
+    request.getfixturevalue("transactional_db")
+
+    def truncate():
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "TRUNCATE procrastinate_jobs, procrastinate_events, procrastinate_periodic_defers, "
+                "procrastinate_workers RESTART IDENTITY CASCADE"
+            )
+
+    truncate()
+    yield
+    truncate()

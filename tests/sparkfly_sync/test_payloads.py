@@ -18,11 +18,11 @@ def member(**overrides):
     return base
 
 
-def test_member_row_normalises_phone_to_e164_and_lowercases_email_domain():
+def test_member_row_normalises_phone_to_e164_and_lowercases_email():
     row = payloads.member_row(member())
     assert row["sparkfly_id"] == 42
     assert row["phone"] == "+14155550134"
-    assert row["email"] == "Ada@example.com"
+    assert row["email"] == "ada@example.com"
     assert row["first_name"] == "Ada"
     assert row["sparkfly_updated_at"].isoformat() == "2025-01-03T03:04:05+00:00"
 
