@@ -43,7 +43,7 @@ def start_sandbox(members: int) -> tuple[subprocess.Popen, str]:
     process = subprocess.Popen(
         [sys.executable, str(ROOT / "manage.py"), "sparkfly_sandbox", "--port", str(port), "--members", str(members)],
         stdout=subprocess.DEVNULL,
-        env={**os.environ, "DEBUG": "true"},
+        env={**os.environ, "DEBUG": "true", "LOG_LEVEL": "WARNING"},  # no access log in the table
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120

@@ -177,7 +177,8 @@ class Fault:
     """A canned raw response for requests whose path starts with ``path_prefix``.
 
     The first ``after`` matching requests pass through untouched; the next ``times`` get
-    ``status``/``body``/``content_type`` verbatim (the body may be deliberately broken JSON).
+    ``status``/``body``/``content_type`` verbatim (the body may be deliberately broken JSON),
+    ``delay`` seconds late (a slow Sparkfly, for read timeouts).
     """
 
     path_prefix: str
@@ -186,6 +187,7 @@ class Fault:
     content_type: str = "application/json"
     times: int = 1
     after: int = 0
+    delay: float = 0.0
 
     def __post_init__(self) -> None:
         # Checked here so a bad fault fails when injected, not when a request hits it.
@@ -195,6 +197,8 @@ class Fault:
             raise TypeError("status, times and after must be integers")
         if not 100 <= self.status <= 599 or self.times < 1 or self.after < 0:
             raise TypeError("status must be 100-599, times at least 1, after at least 0")
+        if isinstance(self.delay, bool) or not isinstance(self.delay, int | float) or not 0 <= self.delay <= 60:
+            raise TypeError("delay must be a number of seconds from 0 to 60")
 
 
 class _Abort(Exception):
@@ -522,9 +526,12 @@ class SparkflySandbox:
         content_type: str = "application/json",
         times: int = 1,
         after: int = 0,
+        delay: float = 0.0,
     ) -> Fault:
         """Answer the next ``times`` requests under ``path_prefix`` (after skipping ``after``) raw."""
-        fault = Fault(path_prefix, status=status, body=body, content_type=content_type, times=times, after=after)
+        fault = Fault(
+            path_prefix, status=status, body=body, content_type=content_type, times=times, after=after, delay=delay
+        )
         with self._lock:
             self._faults.append(fault)
         return fault
@@ -567,6 +574,9 @@ class SparkflySandbox:
             self.requests_log.append(LoggedRequest(request.method, path, request.query_string.decode("latin-1")))
             fault = self._take_fault(path)
             if fault is not None:
+                if fault.delay:
+                    # Slept after the state lock is released: a slow answer must not stall others.
+                    request.after_unlock.append(lambda: time.sleep(fault.delay))
                 return Response(fault.body, status=fault.status, content_type=fault.content_type)
         try:
             handler, args = self._urls.match(path, method=request.method)

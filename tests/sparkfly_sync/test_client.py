@@ -156,6 +156,30 @@ def test_an_unreachable_host_is_a_connection_error_after_retries(recorded_sleeps
     assert len(recorded_sleeps) == 2
 
 
+def test_a_slow_answer_is_a_timeout_error_after_retries(sparkfly_sandbox, recorded_sleeps):
+    client = SparkflyClient(
+        base_url=sparkfly_sandbox.base_url,
+        identity="sandbox",
+        key="sandbox",
+        read_timeout=0.2,
+        retry=RetryPolicy(attempts=2),
+        sleep=recorded_sleeps,
+    )
+    client.authenticate()
+    sparkfly_sandbox.sandbox.inject_fault(api.MEMBERS_PATH, status=200, body="{}", delay=1.0, times=2)
+    with pytest.raises(SparkflyTimeout, match="did not answer in time after 2 tries"):
+        client.get(api.MEMBERS_PATH)
+    assert len(recorded_sleeps) == 1
+
+
+def test_a_slow_answer_that_recovers_on_retry_succeeds(sparkfly_sandbox, recorded_sleeps):
+    client = SparkflyClient(
+        base_url=sparkfly_sandbox.base_url, identity="sandbox", key="sandbox", read_timeout=0.2, sleep=recorded_sleeps
+    )
+    sparkfly_sandbox.sandbox.inject_fault(api.MEMBERS_PATH, status=200, body="{}", delay=1.0, times=1)
+    assert client.get(api.MEMBERS_PATH)["members"]
+
+
 # --- pagination ------------------------------------------------------------------------------
 
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 import re
 import threading
 import time
-from datetime import datetime, timedelta, timezone
 from urllib.parse import parse_qs, urlsplit
+
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
@@ -776,6 +777,21 @@ def test_faults_over_http_inject_and_clear(api, sparkfly_sandbox):
     assert (faulted.status_code, faulted.text) == (502, "bad gateway")
     assert cleared.status_code == 200
     assert bad.status_code == 400
+
+
+def test_a_delayed_fault_answers_late_without_stalling_other_requests(api, sparkfly_sandbox):
+    sparkfly_sandbox.sandbox.inject_fault("/v1.0/members", status=200, body="{}", delay=0.5)
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        slow = pool.submit(api.get, "/v1.0/members")
+        time.sleep(0.05)
+        quick = api.get("/v1.0/channels")
+        quick_done = time.perf_counter() - started
+        assert slow.result().status_code == 200
+    assert quick.status_code == 200 and quick_done < 0.4
+    assert time.perf_counter() - started >= 0.5
+    with pytest.raises(TypeError, match="delay"):
+        sparkfly_sandbox.sandbox.inject_fault("/v1.0/members", delay=-1)
 
 
 def test_faults_also_hit_auth(sparkfly_sandbox):
