@@ -10,9 +10,9 @@ from __future__ import annotations
 import re
 import threading
 import time
-from urllib.parse import parse_qs, urlsplit
-
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta, timezone
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import requests
