@@ -86,7 +86,9 @@ TEMPLATES = [
 ]
 
 # --- Database -------------------------------------------------------------------------------
-EMBEDDED_DB_DIR = Path(_read("str", "EMBEDDED_DB_DIR", str(BASE_DIR / ".data" / "postgres")))
+# Local state of a developer's machine: the embedded PostgreSQL and the demo admin's login.
+DATA_DIR = Path(_read("str", "DATA_DIR", str(BASE_DIR / ".data")))
+EMBEDDED_DB_DIR = DATA_DIR / "postgres"
 if _read("str", "DATABASE_URL", ""):
     DATABASES = {"default": env.db_url("DATABASE_URL")}
 else:

@@ -41,3 +41,4 @@ def test_unhealthy_when_the_newest_heartbeat_is_stale(client, settings):
 
 def test_only_get_is_allowed(client):
     assert client.post("/healthz").status_code == 405
+

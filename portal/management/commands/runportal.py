@@ -41,7 +41,7 @@ class Command(BaseCommand):
             raise CommandError(f"port {busy} is already in use; stop what uses it or pick another with PORT / SANDBOX_PORT")
 
         call_command("migrate", interactive=False, verbosity=0)
-        login = _ensure_demo_admin(Path(settings.EMBEDDED_DB_DIR).parent / "demo-admin.txt")
+        login = _ensure_demo_admin(Path(settings.DATA_DIR) / "demo-admin.txt")
 
         env = dict(os.environ)
         manage = [sys.executable, str(Path(settings.BASE_DIR) / "manage.py")]
@@ -55,7 +55,11 @@ class Command(BaseCommand):
         processes["web"] = manage + ["runserver", f"{host}:{port}"]
         processes["worker"] = manage + ["procrastinate", "worker"]
 
-        children = {name: subprocess.Popen(command, env=env) for name, command in processes.items()}
+        # The sandbox's per-request access log would drown the portal's own output.
+        child_env = {"sandbox": {**env, "LOG_LEVEL": "WARNING"}}
+        children = {
+            name: subprocess.Popen(command, env=child_env.get(name, env)) for name, command in processes.items()
+        }
         base = f"http://{host}:{port}"
         self.stdout.write(self.style.SUCCESS("\nThe portal is starting:"))
         self.stdout.write(f"  portal      {base}/")

@@ -1,0 +1,86 @@
+"""`make run` end to end: the launcher starts web, worker and sandbox, and Ctrl-C stops all."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+import requests
+from django.db import connection
+
+from sparkfly_sync.models import Member
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_for(condition, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = condition()
+        if result:
+            return result
+        time.sleep(0.25)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def answers(url: str) -> requests.Response | None:
+    try:
+        return requests.get(url, timeout=2, allow_redirects=False)
+    except requests.ConnectionError:
+        return None
+
+
+@pytest.mark.django_db(transaction=True)
+def test_runportal_serves_the_whole_portal_and_stops_everything_on_ctrl_c(tmp_path):
+    port, sandbox_port = free_port(), free_port()
+    database = connection.settings_dict
+    env = {
+        **os.environ,
+        "DEBUG": "true",
+        "DATA_DIR": str(tmp_path),
+        "DATABASE_URL": f"postgres://{database['USER']}@/{database['NAME']}?host={quote(database['HOST'])}",
+        "PORT": str(port),
+        "SANDBOX_PORT": str(sandbox_port),
+    }
+    launcher = subprocess.Popen(
+        [sys.executable, str(ROOT / "manage.py"), "runportal", "--sandbox-members", "120"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        health = wait_for(lambda: (r := answers(f"{base}/healthz")) is not None and r.status_code == 200 and r, 90, "/healthz 200")
+        assert health.json()["checks"]["worker"]["ok"]
+        assert answers(f"http://127.0.0.1:{sandbox_port}/auth").status_code == 401  # the sandbox is up
+        login = (tmp_path / "demo-admin.txt").read_text().strip()
+        username, password = re.fullmatch(r"(\S+) / (\S+)", login).groups()
+        session = requests.Session()
+        session.get(f"{base}/admin/login/")
+        signed_in = session.post(
+            f"{base}/admin/login/?next=/admin/",
+            data={"username": username, "password": password, "csrfmiddlewaretoken": session.cookies["csrftoken"]},
+        )
+        assert signed_in.url.endswith("/admin/") and "Log out" in signed_in.text
+        # The worker's periodic job mirrors the sandbox with no one asking.
+        wait_for(lambda: Member.objects.count() == 120, 90, "the worker to mirror the sandbox's 120 members")
+    finally:
+        launcher.send_signal(signal.SIGINT)
+        output, _ = launcher.communicate(timeout=30)
+    assert f"admin       {base}/admin/   login: {login}" in output
+    assert answers(f"{base}/healthz") is None and answers(f"http://127.0.0.1:{sandbox_port}/auth") is None
