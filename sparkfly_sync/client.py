@@ -13,13 +13,12 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, UTC
 from typing import Any
 
 import requests
 
 from sparkfly_sync.errors import (
-    SparkflyAPIError,
     SparkflyAuthError,
     SparkflyConnectionError,
     SparkflyError,
@@ -111,7 +110,7 @@ class SparkflyClient:
     read_timeout: float = 60.0
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     sleep: Callable[[float], None] = time.sleep
-    clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC)
 
     def __post_init__(self) -> None:
         self.base_url = self.base_url.rstrip("/")

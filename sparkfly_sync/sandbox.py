@@ -35,8 +35,9 @@ import urllib.request
 import uuid
 from collections import defaultdict
 from dataclasses import asdict, dataclass
-from datetime import date, datetime, timedelta, timezone
-from typing import Any, Callable, NamedTuple
+from datetime import date, datetime, timedelta, UTC
+from typing import Any, NamedTuple
+from collections.abc import Callable
 from urllib.parse import quote
 
 from werkzeug.exceptions import MethodNotAllowed, NotFound
@@ -99,7 +100,7 @@ PROGRAM_ID_BASE = 1
 TIER_ID_BASE = 11
 ENROLLMENT_ID_BASE = 700001
 
-SEED_EPOCH = datetime(2025, 1, 1, tzinfo=timezone.utc)
+SEED_EPOCH = datetime(2025, 1, 1, tzinfo=UTC)
 # Seeded offers are active from 2025 to 2030 so "now" falls inside; every tenth (from the
 # third) already expired, so "Offer with ID … is no longer active" can be exercised.
 ACTIVE_WINDOW = ("2025-01-01T00:00:00Z", "2030-12-31T23:59:59Z")
@@ -222,18 +223,18 @@ class _SandboxRequest(Request):
 
 
 def _utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def _ts(moment: datetime) -> str:
     """Rails-style UTC timestamp, e.g. ``2025-01-01T00:00:00Z`` (isoformat rather than strftime:
     it is faster, which shows when seeding 100,000 members)."""
-    return moment.astimezone(timezone.utc).replace(tzinfo=None).isoformat(timespec="seconds") + "Z"
+    return moment.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="seconds") + "Z"
 
 
 def _parse_ts(value: str) -> datetime:
     moment = datetime.fromisoformat(value)
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _nth_name(names: tuple[str, ...], n: int) -> str:

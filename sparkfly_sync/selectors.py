@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
-from django.db.models import Max
+from collections.abc import Iterable
+
 from django.utils import timezone
 
 from sparkfly_sync.models import SyncRun
 
 
-def minutes_since_last_full_sync() -> float | None:
-    """Minutes since the newest sync run of any resource started; None before the first."""
-    newest = SyncRun.objects.aggregate(newest=Max("started_at"))["newest"]
-    if newest is None:
+def minutes_since_stalest_sync(resources: Iterable[str]) -> float | None:
+    """Minutes since the least recently started of these resources' latest runs started;
+    None when one of them has never been synced."""
+    latest = latest_runs()
+    started = [latest[name].started_at if name in latest else None for name in resources]
+    if not started or None in started:
         return None
-    return (timezone.now() - newest).total_seconds() / 60
+    return (timezone.now() - min(started)).total_seconds() / 60
 
 
 def latest_runs() -> dict[str, SyncRun]:

@@ -48,17 +48,18 @@ def queue_mirror_sync(resources: list[str] | None = None) -> bool:
 @app.periodic(cron="* * * * *", periodic_id="sparkfly-mirror-schedule")
 @app.task(name="sparkfly_sync.schedule_mirror_sync", queue="sync")
 def schedule_mirror_sync(timestamp: int) -> None:
-    """Every minute: queue a full sync when the last one started SYNC_INTERVAL minutes ago.
+    """Every minute: queue a full sync once some resource's latest sync started
+    SPARKFLY_SYNC_INTERVAL_MINUTES ago (or it was never synced).
 
     Checking each minute (rather than a cron built from the interval) lets any interval work
     and lets a changed interval apply without restarting workers.
     """
-    from sparkfly_sync.selectors import minutes_since_last_full_sync
+    from sparkfly_sync.selectors import minutes_since_stalest_sync
+    from sparkfly_sync.sync import RESOURCES
 
     interval = settings.SPARKFLY_SYNC_INTERVAL_MINUTES
     if interval <= 0 or not settings.SPARKFLY_API_URL:
         return
-    elapsed = minutes_since_last_full_sync()
-    if elapsed is None or elapsed >= interval:
-        if queue_mirror_sync():
-            logger.info("queued the periodic mirror sync at %s", timezone.now().isoformat())
+    elapsed = minutes_since_stalest_sync(RESOURCES)
+    if (elapsed is None or elapsed >= interval) and queue_mirror_sync():
+        logger.info("queued the periodic mirror sync at %s", timezone.now().isoformat())

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import socket
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, UTC
 
 import pytest
 
@@ -60,7 +60,7 @@ def test_a_401_that_survives_renewal_is_an_error_not_a_loop(sparkfly_client, spa
 
 
 def test_the_token_is_renewed_before_its_24_hours_end(sparkfly_sandbox):
-    now = [datetime(2026, 1, 1, tzinfo=timezone.utc)]
+    now = [datetime(2026, 1, 1, tzinfo=UTC)]
     client = SparkflyClient(base_url=sparkfly_sandbox.base_url, identity="sandbox", key="sandbox", clock=lambda: now[0])
     client.get(api.MEMBERS_PATH)
     now[0] += timedelta(hours=23)

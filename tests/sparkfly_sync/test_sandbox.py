@@ -11,7 +11,7 @@ import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, UTC
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -91,7 +91,7 @@ def _is_trace_error(body: dict) -> bool:
 
 def _offers_by_kind(api: Api) -> dict[str, dict]:
     """One seeded offer of each kind: approved and running, pending, expired."""
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     offers = [api.get(f"/v1.0/offers/{o['id']}").json()["offer"] for o in api.items("/v1.0/offers", "offers", "offer")]
     expired = [o for o in offers if datetime.fromisoformat(o["expires_at"]) < now]
     return {
@@ -157,7 +157,7 @@ def test_api_calls_without_a_valid_token_answer_401_json(sparkfly_sandbox, heade
 
 
 def test_token_expires_after_its_ttl_by_the_sandbox_clock(sparkfly_sandbox_factory):
-    now = [datetime(2026, 3, 1, tzinfo=timezone.utc)]
+    now = [datetime(2026, 3, 1, tzinfo=UTC)]
     server = sparkfly_sandbox_factory(token_ttl_seconds=60, clock=lambda: now[0])
     api = Api(server.base_url)
 
@@ -364,7 +364,7 @@ def test_offer_list_items_are_simplified_and_the_single_offer_is_full(api):
 
 def test_seeded_offers_mix_running_pending_and_expired_with_limits_and_xids(api):
     offers = [api.get(f"/v1.0/offers/{o['id']}").json()["offer"] for o in api.items("/v1.0/offers", "offers", "offer")]
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     xids = [c["channel"]["xid"] for o in offers for c in o["channels"]]
 
     assert sum(o["status"] == "approved" for o in offers) >= 8
@@ -823,7 +823,7 @@ def test_request_log_records_method_path_and_query(api, sparkfly_sandbox):
 
 
 def test_same_arguments_give_byte_identical_bodies_and_another_seed_differs(sparkfly_sandbox_factory):
-    fixed_now = datetime(2026, 5, 1, 12, 0, tzinfo=timezone.utc)
+    fixed_now = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
     paths = [
         "/v1.0/members?per_page=50", "/v1.0/offers", "/v1.0/offers/1701", "/v1.0/merchants",
         LOYALTY_ENROLLMENTS_PATH.format(program_id=1),

@@ -14,7 +14,7 @@ import itertools
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -139,7 +139,7 @@ class SpecRequest:
     body: bytes | None
 
     @classmethod
-    def of(cls, response: requests.Response, *, method: str | None = None) -> "SpecRequest":
+    def of(cls, response: requests.Response, *, method: str | None = None) -> SpecRequest:
         sent = response.request
         url = urlsplit(sent.url)
         body = sent.body.encode() if isinstance(sent.body, str) else sent.body

@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
+from django.utils import timezone
 from procrastinate.contrib.django import app
 from procrastinate.contrib.django.models import ProcrastinateJob
 
 from sparkfly_sync.models import Channel, Member, SyncRun
+from sparkfly_sync.sync import RESOURCES
 from sparkfly_sync.tasks import queue_mirror_sync, schedule_mirror_sync
 
 pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture(autouse=True)
+def no_periodic_sync(settings):
+    # The worker also runs the per-minute scheduler; tests of other jobs turn it off.
+    settings.SPARKFLY_SYNC_INTERVAL_MINUTES = 0
 
 
 def run_worker_until_idle():
@@ -50,9 +60,20 @@ def test_the_scheduler_queues_a_sync_when_due_and_only_then(sparkfly_settings):
     schedule_mirror_sync(timestamp=0)  # never synced: due
     assert mirror_jobs().count() == 1
     mirror_jobs().delete()
-    SyncRun.objects.create(resource="members", status="succeeded")
-    schedule_mirror_sync(timestamp=0)  # synced a moment ago: not due
+    for resource in RESOURCES:
+        SyncRun.objects.create(resource=resource, status="succeeded")
+    schedule_mirror_sync(timestamp=0)  # everything synced a moment ago: not due
     assert mirror_jobs().count() == 0
+    SyncRun.objects.filter(resource="offers").update(started_at=timezone.now() - timedelta(minutes=61))
+    schedule_mirror_sync(timestamp=0)  # offers went stale: due
+    assert mirror_jobs().count() == 1
+
+
+def test_a_partial_manual_sync_does_not_postpone_the_others(sparkfly_settings):
+    sparkfly_settings.SPARKFLY_SYNC_INTERVAL_MINUTES = 60
+    SyncRun.objects.create(resource="members", status="succeeded")
+    schedule_mirror_sync(timestamp=0)
+    assert mirror_jobs().count() == 1
 
 
 def test_the_scheduler_does_nothing_when_turned_off(sparkfly_settings):
