@@ -405,6 +405,15 @@ def resync_rows(rows, *, client: SparkflyClient) -> ResyncOutcome:
 
 
 def sync_all(*, client: SparkflyClient, resources: list[str] | None = None, **options) -> list[SyncRun]:
-    """Sync the named resources (default: all) in dependency order; one failure stops none."""
-    names = [name for name in RESOURCES if resources is None or name in resources]
-    return [sync_resource(name, client=client, **options) for name in names]
+    """Sync the named resources (default: all) in dependency order.
+
+    One failure stops none: a failed resource is recorded on its run, and a resource another
+    process is already syncing is skipped (that process is doing the work).
+    """
+    runs = []
+    for name in [name for name in RESOURCES if resources is None or name in resources]:
+        try:
+            runs.append(sync_resource(name, client=client, **options))
+        except SyncAlreadyRunning as exc:
+            logger.info("skipped: %s", exc)
+    return runs

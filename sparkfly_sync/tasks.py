@@ -18,13 +18,9 @@ logger = logging.getLogger(__name__)
 def sync_mirror(resources: list[str] | None = None) -> None:
     """Run the mirror sync of the given resources (default: all)."""
     from sparkfly_sync.client import client_from_settings
-    from sparkfly_sync.sync import SyncAlreadyRunning, sync_all
+    from sparkfly_sync.sync import sync_all
 
-    try:
-        runs = sync_all(client=client_from_settings(), resources=resources)
-    except SyncAlreadyRunning as exc:
-        logger.info("mirror sync skipped: %s", exc)
-        return
+    runs = sync_all(client=client_from_settings(), resources=resources)
     failed = [f"{run.resource}: {run.failure}" for run in runs if run.status == "failed"]
     if failed:
         logger.warning("mirror sync finished with failures: %s", "; ".join(failed))

@@ -218,6 +218,9 @@ def test_two_syncs_of_one_resource_cannot_run_at_once(sparkfly_sandbox):
             cursor.execute("SELECT pg_advisory_lock(hashtext('sparkfly_sync:members'))")
         with pytest.raises(SyncAlreadyRunning):
             sync_resource("members", client=client_for(sparkfly_sandbox))
+        # A full sync skips the busy resource and still does the others.
+        runs = sync_all(client=client_for(sparkfly_sandbox), resources=["channels", "members"])
+        assert [(run.resource, run.status) for run in runs] == [("channels", "succeeded")]
     finally:
         other.close()
     assert sync_resource("members", client=client_for(sparkfly_sandbox)).status == "succeeded"
