@@ -6,6 +6,20 @@ serves the same constants.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
+import requests
+from urllib3.util import Timeout
+
+from attentive_sync.errors import (
+    AttentiveConnectionError,
+    AttentiveError,
+    AttentiveTimeout,
+    error_for_response,
+)
+
+
 PRODUCTION_URL = "https://api.attentivemobile.com"
 ME_PATH = "/v1/me"
 CUSTOM_EVENTS_PATH = "/v1/events/custom"
@@ -13,3 +27,115 @@ CUSTOM_ATTRIBUTES_PATH = "/v1/attributes/custom"
 SUBSCRIPTIONS_PATH = "/v1/subscriptions"
 UNSUBSCRIBE_PATH = "/v1/subscriptions/unsubscribe"
 IDENTITY_PATH = "/v1/identity-resolution/user-identifiers"
+
+USER_AGENT = "sparkfly-attentive-portal/0.1 (+python-requests)"
+
+
+@dataclass
+class AttentiveClient:
+    """One ``requests.Session`` with one API key. No retries here: the caller owns the policy
+    (``delivery.py`` retries events; an admin's "verify" should fail fast)."""
+
+    api_key: str
+    base_url: str = PRODUCTION_URL
+    connect_timeout: float = 3.0
+    total_timeout: float = 10.0
+
+    def __post_init__(self) -> None:
+        self.base_url = self.base_url.rstrip("/")
+        self.session = requests.Session()
+        self.session.headers.update(
+            {"Authorization": f"Bearer {self.api_key}", "Accept": "application/json", "User-Agent": USER_AGENT}
+        )
+        # urllib3's Timeout caps connect + read together; a tuple would only cap each read.
+        self.timeout = Timeout(connect=self.connect_timeout, total=self.total_timeout)
+
+    def __repr__(self) -> str:  # never show the key
+        return f"AttentiveClient(base_url={self.base_url!r})"
+
+    def request(self, method: str, path: str, *, json_body: Any = None, params: dict | None = None) -> requests.Response:
+        """One try; a 2xx response, or an ``AttentiveError`` saying what went wrong."""
+        url = self.base_url + path
+        try:
+            response = self.session.request(
+                method, url, json=json_body, params=params, timeout=self.timeout, allow_redirects=False
+            )
+        except requests.Timeout as exc:
+            raise AttentiveTimeout(
+                f"Attentive did not answer {method} {path} within {self.total_timeout:g} s ({exc.__class__.__name__})."
+            ) from exc
+        except requests.RequestException as exc:
+            raise AttentiveConnectionError(
+                f"Attentive could not be reached for {method} {path} ({exc.__class__.__name__}); "
+                "check the API base URL and the network."
+            ) from exc
+        if not 200 <= response.status_code < 300:
+            raise error_for_response(response)
+        return response
+
+    def _json(self, response: requests.Response) -> Any:
+        if not response.content:
+            return {}
+        try:
+            return response.json()
+        except ValueError as exc:
+            raise AttentiveError(
+                f"Attentive answered {response.status_code} with a body that is not JSON.",
+                status=response.status_code,
+                body=response.text[:2000],
+            ) from exc
+
+    # --- the endpoints the portal uses -------------------------------------------------------
+
+    def me(self) -> dict:
+        """``GET /v1/me``: the company and app the key belongs to (a cheap key check)."""
+        body = self._json(self.request("GET", ME_PATH))
+        if not isinstance(body, dict):
+            raise AttentiveError("Attentive's /v1/me answer is not a JSON object.", body=str(body)[:2000])
+        return body
+
+    def post_custom_event(self, payload: dict) -> requests.Response:
+        return self.request("POST", CUSTOM_EVENTS_PATH, json_body=payload)
+
+    def post_custom_attributes(self, *, user: dict, properties: dict) -> None:
+        self.request("POST", CUSTOM_ATTRIBUTES_PATH, json_body={"user": user, "properties": properties})
+
+    def subscribe(
+        self,
+        *,
+        user: dict,
+        sign_up_source_id: str = "",
+        locale: dict | None = None,
+        subscription_type: str = "",
+        external_identifiers: dict | None = None,
+        single_opt_in: bool = False,
+    ) -> dict:
+        body: dict[str, Any] = {"user": user}
+        if sign_up_source_id:
+            body["signUpSourceId"] = sign_up_source_id
+        if locale:
+            body["locale"] = locale
+        if subscription_type:
+            body["subscriptionType"] = subscription_type
+        if external_identifiers:
+            body["externalIdentifiers"] = external_identifiers
+        if single_opt_in:
+            body["singleOptIn"] = True
+        return self._json(self.request("POST", SUBSCRIPTIONS_PATH, json_body=body))
+
+    def subscription_eligibility(self, *, phone: str = "", email: str = "") -> dict:
+        params = {key: value for key, value in (("phone", phone), ("email", email)) if value}
+        return self._json(self.request("GET", SUBSCRIPTIONS_PATH, params=params))
+
+    def unsubscribe(self, *, user: dict, subscriptions: list | None = None, notification: dict | None = None) -> dict:
+        body: dict[str, Any] = {"user": user}
+        if subscriptions:
+            body["subscriptions"] = subscriptions
+        if notification:
+            body["notification"] = notification
+        return self._json(self.request("POST", UNSUBSCRIBE_PATH, json_body=body))
+
+    def identify(self, **identifiers: Any) -> None:
+        """``POST /v1/identity-resolution/user-identifiers`` (empty identifiers are left out)."""
+        body = {key: value for key, value in identifiers.items() if value not in (None, "", [], {})}
+        self.request("POST", IDENTITY_PATH, json_body=body)

@@ -136,6 +136,13 @@ SPARKFLY_SYNC_INTERVAL_MINUTES = _read("int", "SPARKFLY_SYNC_INTERVAL_MINUTES", 
 # Default country of member phone numbers that Sparkfly gives without a country code.
 MEMBER_PHONE_REGION = _read("str", "MEMBER_PHONE_REGION", "US")
 
+# --- Secrets at rest -------------------------------------------------------------------------
+# django-fernet-encrypted-fields derives its keys from SECRET_KEY (+ SECRET_KEY_FALLBACKS) and
+# these salts. Rotate by putting the new value first and keeping the old ones after it, then
+# `manage.py attentive_settings --reencrypt`.
+SECRET_KEY_FALLBACKS = _read("list", "SECRET_KEY_FALLBACKS", [])
+SALT_KEY = _read("list", "FIELD_ENCRYPTION_SALTS", ["sparkfly-attentive-portal"])
+
 # --- Health -----------------------------------------------------------------------------------
 # /healthz reports the worker unhealthy when no worker heartbeat is newer than this.
 WORKER_HEARTBEAT_MAX_AGE_SECONDS = _read("int", "WORKER_HEARTBEAT_MAX_AGE_SECONDS", 60)

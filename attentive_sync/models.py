@@ -1,0 +1,182 @@
+"""Attentive's side of the portal: its settings, the outbox of deliveries, and shared state.
+
+* ``AttentiveSettings`` is a singleton edited in the admin; the API key is encrypted at rest
+  (django-fernet-encrypted-fields, keys derived from SECRET_KEY(+_FALLBACKS) and SALT_KEY).
+* ``Delivery`` is one custom event on its way to Attentive (after Saleor's EventDelivery), and
+  ``DeliveryAttempt`` one HTTP try of it.
+* ``RateLimitState`` holds the shared rate limiter's clock, so every worker on every machine
+  draws from one budget per token (see ``ratelimit.py``).
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from django.contrib.postgres.fields import ArrayField
+from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator, MinValueValidator
+from django.db import models
+from encrypted_fields.fields import EncryptedCharField
+
+from attentive_sync.client import PRODUCTION_URL
+
+# Attentive ignores events older than 12 hours for journeys; the retry budget must end first.
+ATTENTIVE_JOURNEY_CUTOFF = timedelta(hours=12)
+DEFAULT_MAX_EVENT_AGE = timedelta(hours=8)
+# Attentive allows 150 requests/s per endpoint per token; staying under it avoids 429s.
+DEFAULT_RATE_LIMIT = 140
+# A Fernet token always starts with this (version byte 0x80, base64): a stored key that still
+# looks like one after decryption was encrypted under keys this deployment no longer has.
+FERNET_TOKEN_PREFIX = "gAAAAA"
+
+
+def validate_max_event_age(value: timedelta) -> None:
+    if value <= timedelta(0):
+        raise ValidationError("The maximum event age must be positive.")
+    if value >= ATTENTIVE_JOURNEY_CUTOFF:
+        raise ValidationError(
+            "The maximum event age must stay under 12 hours: Attentive does not trigger journeys "
+            "for events older than that."
+        )
+
+
+class AttentiveSettings(models.Model):
+    """The one row of Attentive settings (primary key 1); load it with ``AttentiveSettings.load()``."""
+
+    api_key = EncryptedCharField(
+        "API key", max_length=500, blank=True, help_text="Write-only: stored encrypted, shown masked."
+    )
+    api_url = models.URLField("API base URL", default=PRODUCTION_URL, help_text=f"Attentive: {PRODUCTION_URL}")
+    sign_up_source_id = models.CharField("sign-up source id", max_length=100, blank=True)
+    enabled = models.BooleanField(
+        default=False,
+        help_text="Send events to Attentive. While off, deliveries are recorded and held until "
+        "switched on or too old to matter.",
+    )
+    disabled_event_types = ArrayField(
+        models.CharField(max_length=200), default=list, blank=True, help_text="Event types not forwarded at all."
+    )
+    rate_limit_per_second = models.PositiveIntegerField(
+        default=DEFAULT_RATE_LIMIT,
+        validators=[MinValueValidator(1), MaxValueValidator(10000)],
+        help_text="Requests per second to Attentive, shared by every worker. Attentive allows 150 per token.",
+    )
+    max_event_age = models.DurationField(
+        default=DEFAULT_MAX_EVENT_AGE,
+        validators=[validate_max_event_age],
+        help_text="Nothing is sent once an event is older than this (under Attentive's 12 h journey cutoff).",
+    )
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name = verbose_name_plural = "Attentive settings"
+
+    def __str__(self) -> str:
+        return "Attentive settings"
+
+    def save(self, *args, **kwargs):
+        self.pk = 1  # a singleton
+        super().save(*args, **kwargs)
+
+    @classmethod
+    def load(cls) -> AttentiveSettings:
+        settings, _ = cls.objects.get_or_create(pk=1)
+        return settings
+
+    @property
+    def masked_api_key(self) -> str:
+        if not self.api_key:
+            return ""
+        return "••••" + self.api_key[-4:] if len(self.api_key) > 8 else "••••"
+
+    @property
+    def api_key_unreadable(self) -> bool:
+        """True when the stored key cannot be decrypted with this deployment's keys."""
+        return self.api_key.startswith(FERNET_TOKEN_PREFIX)
+
+    def forwards(self, event_type: str) -> bool:
+        """Whether events of this type are forwarded at all (the global switch only pauses)."""
+        return event_type not in self.disabled_event_types
+
+    def sending_blocker(self) -> str:
+        """Why nothing can be sent right now, or ``""`` when sending can go ahead."""
+        if not self.enabled:
+            return "forwarding to Attentive is switched off"
+        if not self.api_key:
+            return "no Attentive API key is set"
+        if self.api_key_unreadable:
+            return (
+                "the stored Attentive API key cannot be decrypted with the current SECRET_KEY and "
+                "SALT_KEY (were they changed without keeping the old ones as fallbacks?); enter it again"
+            )
+        return ""
+
+
+class Delivery(models.Model):
+    """One custom event on its way to Attentive, sent under one ``external_event_id`` forever."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "pending"  # waiting for its first try (or for sending to be switched on)
+        FAILED = "failed", "failed, retry scheduled"  # the last try failed; another is scheduled
+        DELIVERED = "delivered", "delivered"
+        DEAD = "dead", "dead"  # Attentive refused it for good (a 4xx other than auth/408/429)
+        EXPIRED = "expired", "expired"  # older than the maximum event age before it got through
+
+    FINAL = (Status.DELIVERED, Status.DEAD, Status.EXPIRED)
+
+    external_event_id = models.CharField("external event id", max_length=255, unique=True)
+    event_type = models.CharField(max_length=200, db_index=True)
+    payload = models.JSONField(help_text="The exact body sent to Attentive on every try.")
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.PENDING, db_index=True)
+    occurred_at = models.DateTimeField(help_text="When the event happened; its age counts from here.")
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    attempts = models.PositiveIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name_plural = "deliveries"
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["status", "next_attempt_at"], name="delivery_due")]
+
+    def __str__(self) -> str:
+        return f"{self.event_type} {self.external_event_id} ({self.status})"
+
+    @property
+    def is_final(self) -> bool:
+        return self.status in self.FINAL
+
+
+class DeliveryAttempt(models.Model):
+    """One HTTP try of a delivery (after Saleor's EventDeliveryAttempt)."""
+
+    class Outcome(models.TextChoices):
+        DELIVERED = "delivered"
+        RETRY = "retry"
+        DEAD = "dead"
+        EXPIRED = "expired"
+
+    delivery = models.ForeignKey(Delivery, on_delete=models.CASCADE, related_name="attempt_log")
+    started_at = models.DateTimeField()
+    duration_ms = models.FloatField()
+    status_code = models.PositiveSmallIntegerField(null=True, blank=True)
+    response_body = models.TextField(blank=True, help_text="The start of Attentive's answer.")
+    error = models.TextField(blank=True)
+    outcome = models.CharField(max_length=20, choices=Outcome.choices)
+
+    class Meta:
+        ordering = ["-started_at"]
+
+    def __str__(self) -> str:
+        return f"attempt at {self.started_at:%Y-%m-%d %H:%M:%S} → {self.status_code or self.error[:40]}"
+
+
+class RateLimitState(models.Model):
+    """The shared rate limiter's "theoretical arrival time" for one token and endpoint."""
+
+    key = models.CharField(max_length=100, primary_key=True)
+    theoretical_arrival = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return self.key
