@@ -139,7 +139,7 @@ def deliver(
         return _hold(delivery_id, blocker)
 
     # Wait for our slot outside any transaction, then lock the delivery for the send itself.
-    key = ratelimit.limiter_key(settings.api_key, CUSTOM_EVENTS_PATH)
+    key = ratelimit.limiter_key(settings.key, CUSTOM_EVENTS_PATH)
     sleep(ratelimit.reserve(key, per_second=settings.rate_limit_per_second))
     client = (client_factory or _client_for)(settings)
     with transaction.atomic():
@@ -152,7 +152,7 @@ def deliver(
 
 
 def _client_for(settings: AttentiveSettings) -> AttentiveClient:
-    return AttentiveClient(api_key=settings.api_key, base_url=settings.api_url)
+    return AttentiveClient(api_key=settings.key, base_url=settings.api_url)
 
 
 def _deadline(delivery: Delivery, settings: AttentiveSettings) -> datetime:

@@ -43,8 +43,9 @@ def validate_max_event_age(value: timedelta) -> None:
 class AttentiveSettings(models.Model):
     """The one row of Attentive settings (primary key 1); load it with ``AttentiveSettings.load()``."""
 
+    # The encrypted field stores an empty value as NULL; read it through ``key``.
     api_key = EncryptedCharField(
-        "API key", max_length=500, blank=True, help_text="Write-only: stored encrypted, shown masked."
+        "API key", max_length=500, blank=True, null=True, help_text="Write-only: stored encrypted, shown masked."
     )
     api_url = models.URLField("API base URL", default=PRODUCTION_URL, help_text=f"Attentive: {PRODUCTION_URL}")
     sign_up_source_id = models.CharField("sign-up source id", max_length=100, blank=True)
@@ -84,15 +85,20 @@ class AttentiveSettings(models.Model):
         return settings
 
     @property
+    def key(self) -> str:
+        """The API key in clear (``""`` when none is set). Never log or display it."""
+        return self.api_key or ""
+
+    @property
     def masked_api_key(self) -> str:
-        if not self.api_key:
+        if not self.key:
             return ""
-        return "••••" + self.api_key[-4:] if len(self.api_key) > 8 else "••••"
+        return "••••" + self.key[-4:] if len(self.key) > 8 else "••••"
 
     @property
     def api_key_unreadable(self) -> bool:
         """True when the stored key cannot be decrypted with this deployment's keys."""
-        return self.api_key.startswith(FERNET_TOKEN_PREFIX)
+        return self.key.startswith(FERNET_TOKEN_PREFIX)
 
     def forwards(self, event_type: str) -> bool:
         """Whether events of this type are forwarded at all (the global switch only pauses)."""
@@ -102,7 +108,7 @@ class AttentiveSettings(models.Model):
         """Why nothing can be sent right now, or ``""`` when sending can go ahead."""
         if not self.enabled:
             return "forwarding to Attentive is switched off"
-        if not self.api_key:
+        if not self.key:
             return "no Attentive API key is set"
         if self.api_key_unreadable:
             return (

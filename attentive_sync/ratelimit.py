@@ -21,10 +21,9 @@ INSERT INTO {RateLimitState._meta.db_table} AS state (key, theoretical_arrival)
 VALUES (%(key)s, clock_timestamp() + %(interval)s * interval '1 second')
 ON CONFLICT (key) DO UPDATE
 SET theoretical_arrival = GREATEST(state.theoretical_arrival, clock_timestamp()) + %(interval)s * interval '1 second'
-RETURNING GREATEST(
-    0,
-    EXTRACT(EPOCH FROM theoretical_arrival - clock_timestamp()) - %(interval)s * %(burst)s
-)::float8
+RETURNING
+    EXTRACT(EPOCH FROM theoretical_arrival)::float8 - %(interval)s,
+    GREATEST(0, EXTRACT(EPOCH FROM theoretical_arrival - clock_timestamp()) - %(interval)s * %(burst)s)::float8
 """
 
 
@@ -35,7 +34,13 @@ def limiter_key(api_key: str, endpoint: str) -> str:
 
 
 def reserve(key: str, *, per_second: float, burst: int = 1) -> float:
-    """Reserve the next request slot under ``key``; return the seconds to wait before sending.
+    """Reserve the next request slot under ``key``; return the seconds to wait before sending."""
+    return reserve_slot(key, per_second=per_second, burst=burst)[1]
+
+
+def reserve_slot(key: str, *, per_second: float, burst: int = 1) -> tuple[float, float]:
+    """Reserve the next slot; return (its place on the limiter's timeline in epoch seconds,
+    the seconds to wait before sending).
 
     ``burst`` requests may go back to back after a quiet spell; 1 spaces every request evenly,
     which keeps any one-second window at or under ``per_second``.
@@ -48,5 +53,5 @@ def reserve(key: str, *, per_second: float, burst: int = 1) -> float:
     interval = 1.0 / per_second
     with connection.cursor() as cursor:
         cursor.execute(_RESERVE, {"key": key, "interval": interval, "burst": burst})
-        (wait,) = cursor.fetchone()
-    return wait
+        slot, wait = cursor.fetchone()
+    return slot, wait
