@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from django.conf import settings as django_settings
 from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
@@ -65,8 +66,13 @@ class RetryPolicy:
         ceiling = min(self.cap.total_seconds(), self.base.total_seconds() * 2 ** (attempts - 1))
         return timedelta(seconds=self.rng.uniform(0, ceiling))
 
-
-DEFAULT_POLICY = RetryPolicy()
+    @classmethod
+    def from_settings(cls) -> RetryPolicy:
+        # Settings, not arguments, so tests can compress the schedule in worker processes too.
+        return cls(
+            base=timedelta(seconds=django_settings.ATTENTIVE_RETRY_BASE_SECONDS),
+            cap=timedelta(seconds=django_settings.ATTENTIVE_RETRY_CAP_SECONDS),
+        )
 
 
 @dataclass
@@ -122,7 +128,7 @@ def _queue(delivery: Delivery, *, at: datetime | None = None) -> None:
 def deliver(
     delivery_id: int,
     *,
-    policy: RetryPolicy = DEFAULT_POLICY,
+    policy: RetryPolicy | None = None,
     client_factory: Callable[[AttentiveSettings], AttentiveClient] | None = None,
     sleep: Callable[[float], None] = time.sleep,
 ) -> Delivery | None:
@@ -148,7 +154,7 @@ def deliver(
             return delivery
         if _too_old(delivery, settings, timezone.now()):
             return _mark_expired(delivery, settings)
-        return _send(delivery, client, settings, policy)
+        return _send(delivery, client, settings, policy or RetryPolicy.from_settings())
 
 
 def _client_for(settings: AttentiveSettings) -> AttentiveClient:

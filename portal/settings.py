@@ -136,6 +136,12 @@ SPARKFLY_SYNC_INTERVAL_MINUTES = _read("int", "SPARKFLY_SYNC_INTERVAL_MINUTES", 
 # Default country of member phone numbers that Sparkfly gives without a country code.
 MEMBER_PHONE_REGION = _read("str", "MEMBER_PHONE_REGION", "US")
 
+# --- Attentive ----------------------------------------------------------------------------------
+# The retry schedule of deliveries: try n waits uniform(0, min(cap, base * 2**(n-1))) seconds.
+# (Which events are sent, the API key and the rate limit live in the admin's Attentive settings.)
+ATTENTIVE_RETRY_BASE_SECONDS = _read("float", "ATTENTIVE_RETRY_BASE_SECONDS", 2.0)
+ATTENTIVE_RETRY_CAP_SECONDS = _read("float", "ATTENTIVE_RETRY_CAP_SECONDS", 900.0)
+
 # --- Secrets at rest -------------------------------------------------------------------------
 # django-fernet-encrypted-fields derives its keys from SECRET_KEY (+ SECRET_KEY_FALLBACKS) and
 # these salts. Rotate by putting the new value first and keeping the old ones after it, then

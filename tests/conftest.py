@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from django.db import connection
+from procrastinate.contrib.django import app as procrastinate_app
 
 from sparkfly_sync.client import RetryPolicy, SparkflyClient
 
+
+
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix):
+    """One test database per pytest process, so two runs on one machine (say, `make test`
+    while another suite runs) never drop each other's database."""
+    from django.conf import settings
+
+    database = settings.DATABASES["default"]
+    base = database.get("TEST", {}).get("NAME") or f"test_{database['NAME']}"
+    database.setdefault("TEST", {})["NAME"] = f"{base}_{os.getpid()}"
 
 
 class RecordedSleeps(list):
@@ -70,3 +84,12 @@ def empty_job_queue(request):
     truncate()
     yield
     truncate()
+
+
+def run_worker_until_idle(queues: list[str] | None = None) -> None:
+    """Process every job that is due now, with the connector `manage.py procrastinate worker`
+    uses (a real worker; the Django connector cannot run one)."""
+    with procrastinate_app.replace_connector(procrastinate_app.connector.get_worker_connector()):
+        procrastinate_app.run_worker(
+            queues=queues, wait=False, install_signal_handlers=False, listen_notify=False
+        )

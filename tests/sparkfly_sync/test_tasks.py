@@ -6,9 +6,9 @@ from datetime import timedelta
 
 import pytest
 from django.utils import timezone
-from procrastinate.contrib.django import app
 from procrastinate.contrib.django.models import ProcrastinateJob
 
+from tests.conftest import run_worker_until_idle
 from sparkfly_sync.models import Channel, Member, SyncRun
 from sparkfly_sync.sync import RESOURCES
 from sparkfly_sync.tasks import queue_mirror_sync, schedule_mirror_sync
@@ -20,12 +20,6 @@ pytestmark = pytest.mark.django_db(transaction=True)
 def no_periodic_sync(settings):
     # The worker also runs the per-minute scheduler; tests of other jobs turn it off.
     settings.SPARKFLY_SYNC_INTERVAL_MINUTES = 0
-
-
-def run_worker_until_idle():
-    """Process every waiting job with the connector ``manage.py procrastinate worker`` uses."""
-    with app.replace_connector(app.connector.get_worker_connector()):
-        app.run_worker(wait=False, install_signal_handlers=False, listen_notify=False)
 
 
 def mirror_jobs():
