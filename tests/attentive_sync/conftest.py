@@ -100,11 +100,13 @@ class AttentiveSpec:
         # openapi-spec-validator's recursion, so the document itself is not validated.
         self._openapi = OpenAPI.from_dict(copy.deepcopy(spec), config=Config(spec_validator_cls=None))
 
-    def request_problem(self, request: SpecRequest) -> str | None:
-        return self._problem(self._openapi.validate_request, request)
-
     def body_problem(self, method: str, path: str, body: dict) -> str | None:
-        return self.request_problem(SpecRequest.of(method, path, body=json.dumps(body).encode()))
+        """What the spec finds wrong with sending ``body`` (with a valid key) to ``path``."""
+        return self._problem(self._openapi.validate_request, SpecRequest.of(method, path, body=json.dumps(body).encode()))
+
+    def sent_request_problem(self, response: requests.Response) -> str | None:
+        """What the spec finds wrong with the request ``response`` answered."""
+        return self._problem(self._openapi.validate_request, SpecRequest.sent(response))
 
     def response_problem(self, response: requests.Response) -> str | None:
         return self._problem(self._openapi.validate_response, SpecRequest.sent(response), RequestsOpenAPIResponse(response))
