@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import json
+from functools import partial
 
 from django import forms
 from django.contrib import admin, messages
@@ -82,6 +83,8 @@ class AttentiveSettingsForm(forms.ModelForm):
     class Meta:
         model = AttentiveSettings
         fields = ("api_url", "sign_up_source_id", "enabled", "rate_limit_per_second", "max_event_age")
+        # Attentive is only served over https: a URL typed without a scheme means that.
+        field_classes = {"api_url": partial(forms.URLField, assume_scheme="https")}
         help_texts = {
             "max_event_age": AttentiveSettings._meta.get_field("max_event_age").help_text
             + " As hours:minutes:seconds, e.g. 08:00:00.",

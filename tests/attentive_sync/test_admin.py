@@ -240,6 +240,13 @@ def test_invalid_values_are_refused_with_readable_errors_and_the_typed_key_not_s
     )
 
 
+def test_an_api_url_typed_without_a_scheme_means_https(admin_client):
+    response = save_settings(admin_client, api_url="api.attentivemobile.com")
+
+    assert response.status_code == 302
+    assert AttentiveSettings.load().api_url == "https://api.attentivemobile.com"
+
+
 def test_event_type_switches_round_trip(admin_client, event_types):
     store(disabled_event_types=["retired.type"])  # no longer registered: kept as it is
 
@@ -414,9 +421,8 @@ def run_action(client, action: str, rows, *, path: str | None = None, confirm: b
     """Pick ``action`` on the changelist like a person; confirm its confirmation page, if any,
     by posting back its hidden fields to the same URL. Follows the final redirect."""
     path = path or deliveries_url()
-    response = client.post(
-        path, {"action": action, "index": 0, "select_across": int(select_across), "_selected_action": [r.pk for r in rows]}
-    )
+    selection = {"select_across": int(select_across), "_selected_action": [r.pk for r in rows]}
+    response = client.post(path, {"action": action, "index": 0, **selection})
     if confirm and response.status_code == 200 and b'name="confirmed"' in response.content:
         return submit(client, path, response, holding="confirmed")
     return client.get(response["Location"]) if response.status_code == 302 else response
