@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from django.conf import settings as django_settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 from procrastinate import exceptions as procrastinate_exceptions
@@ -110,16 +110,22 @@ def forward(event: CustomEvent) -> ForwardResult | None:
 
 
 def _queue(delivery: Delivery, *, at: datetime | None = None) -> None:
-    """Defer the delivery's job (on the current transaction); at most one waits per delivery."""
+    """Make the delivery's one waiting job run at ``at`` (default now), on the current
+    transaction: defer a job, or — when one already waits (the queueing lock refuses a
+    second) — move that job to ``at``, so "retry now" means now and a retry keeps its backoff."""
     from attentive_sync.tasks import deliver_event
 
+    lock = f"delivery:{delivery.pk}"
     try:
         with transaction.atomic():
-            deliver_event.configure(queueing_lock=f"delivery:{delivery.pk}", schedule_at=at).defer(
-                delivery_id=delivery.pk
-            )
+            deliver_event.configure(queueing_lock=lock, schedule_at=at).defer(delivery_id=delivery.pk)
     except procrastinate_exceptions.AlreadyEnqueued:
-        pass  # a job for this delivery is already waiting; it will do
+        with connection.cursor() as cursor:
+            # procrastinate's Django models are read-only, hence SQL on its jobs table.
+            cursor.execute(
+                "UPDATE procrastinate_jobs SET scheduled_at = %s WHERE queueing_lock = %s AND status = 'todo'",
+                [at, lock],
+            )
 
 
 # --- sending ---------------------------------------------------------------------------------

@@ -67,8 +67,6 @@ MIDDLEWARE = [
 ]
 
 ROOT_URLCONF = "portal.urls"
-# Django 6's default: a URL typed without a scheme in a form means https.
-FORMS_URLFIELD_ASSUME_HTTPS = True
 WSGI_APPLICATION = "portal.wsgi.application"
 ASGI_APPLICATION = "portal.asgi.application"
 

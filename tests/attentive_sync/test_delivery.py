@@ -1,0 +1,251 @@
+"""Delivering to the Attentive sandbox over HTTP: success, retry, dead and expired paths."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from django.db import connection
+from procrastinate.contrib.django.models import ProcrastinateJob
+
+from attentive_sync.client import AttentiveClient
+from attentive_sync.delivery import RetryPolicy, deliver, forward, replay, retry_now, sweep
+from attentive_sync.events import CustomEvent, EventUser
+from attentive_sync.models import AttentiveSettings, Delivery
+from tests.conftest import run_worker_until_idle
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+API_KEY = "sk_test_SANDBOX_KEY_1234"
+NO_WAIT = RetryPolicy(base=timedelta(0), cap=timedelta(0))
+
+
+@pytest.fixture
+def sandbox(attentive_sandbox_factory):
+    return attentive_sandbox_factory(api_key=API_KEY)
+
+
+@pytest.fixture
+def attentive(sandbox):
+    settings = AttentiveSettings.load()
+    settings.api_key, settings.api_url, settings.enabled = API_KEY, sandbox.base_url, True
+    settings.rate_limit_per_second = 1000
+    settings.save()
+    return settings
+
+
+def an_event(external_event_id="evt-1", *, occurred_at=None):
+    return CustomEvent(
+        type="sparkfly.member.offer_state_redeemed",
+        user=EventUser(client_user_id="test-number-1", phone="+13115552368"),
+        occurred_at=occurred_at or datetime.now(timezone.utc),
+        external_event_id=external_event_id,
+        properties={"credential_identifier": "abc123"},
+    )
+
+
+def recorded(external_event_id="evt-1", *, occurred_at=None) -> Delivery:
+    return forward(an_event(external_event_id, occurred_at=occurred_at)).delivery
+
+
+def jobs_waiting():
+    return ProcrastinateJob.objects.filter(task_name="attentive_sync.deliver_event", status="todo")
+
+
+def test_a_worker_delivers_a_forwarded_event_exactly_as_built(attentive, sandbox):
+    delivery = recorded()
+    run_worker_until_idle(queues=["deliveries"])
+    delivery.refresh_from_db()
+    assert (delivery.status, delivery.attempts) == ("delivered", 1)
+    [received] = sandbox.sandbox.events()
+    assert received["body"] == delivery.payload
+    attempt = delivery.attempt_log.get()
+    assert (attempt.status_code, attempt.outcome) == (200, "delivered") and attempt.duration_ms > 0
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        {"status": 500},
+        {"status": 503, "body": "<html>maintenance</html>", "content_type": "text/html"},
+        {"status": 429, "body": '{"error":{"id":1,"message":"Too many requests"}}'},
+        {"status": 408},
+        {"drop": True},
+    ],
+    ids=["500", "503-html", "429", "408", "dropped-connection"],
+)
+def test_transient_failures_are_retried_with_the_same_external_event_id(attentive, sandbox, fault):
+    sandbox.sandbox.inject_fault("/v1/events/custom", times=2, **fault)
+    delivery = recorded()
+    for _ in range(3):
+        deliver(delivery.pk, policy=NO_WAIT)
+    delivery.refresh_from_db()
+    assert (delivery.status, delivery.attempts) == ("delivered", 3)
+    assert [a.outcome for a in delivery.attempt_log.order_by("started_at")] == ["retry", "retry", "delivered"]
+    assert sandbox.sandbox.count_requests("/v1/events/custom") == 3
+    assert [e["body"]["externalEventId"] for e in sandbox.sandbox.events()] == ["evt-1"]
+
+
+def test_a_retry_is_scheduled_as_a_job_at_the_next_attempt_time(attentive, sandbox):
+    sandbox.sandbox.inject_fault("/v1/events/custom", status=500)
+    delivery = recorded()
+    deliver(delivery.pk, policy=RetryPolicy(base=timedelta(seconds=60), cap=timedelta(seconds=60)))
+    delivery.refresh_from_db()
+    assert delivery.status == "failed" and "500" in delivery.last_error
+    assert timedelta(0) <= delivery.next_attempt_at - datetime.now(timezone.utc) <= timedelta(seconds=60)
+    [job] = jobs_waiting().filter(args={"delivery_id": delivery.pk}).exclude(scheduled_at=None)
+    assert abs((job.scheduled_at - delivery.next_attempt_at).total_seconds()) < 0.01
+
+
+def test_a_timeout_is_retried(attentive, sandbox):
+    sandbox.sandbox.inject_fault("/v1/events/custom", status=200, body="{}", delay=1.0)
+    delivery = recorded()
+    deliver(
+        delivery.pk,
+        policy=NO_WAIT,
+        client_factory=lambda s: AttentiveClient(api_key=s.key, base_url=s.api_url, total_timeout=0.3),
+    )
+    delivery.refresh_from_db()
+    assert delivery.status == "failed" and "did not answer" in delivery.last_error
+
+
+def test_a_refused_event_is_dead_at_once_with_attentives_message(attentive, sandbox):
+    sandbox.sandbox.inject_fault(
+        "/v1/events/custom", status=400, body='{"error":{"id":7,"message":"user.phone is not E.164"}}'
+    )
+    delivery = recorded()
+    run_worker_until_idle(queues=["deliveries"])
+    delivery.refresh_from_db()
+    assert delivery.status == "dead" and "user.phone is not E.164" in delivery.last_error
+    assert delivery.attempts == 1
+    assert delivery.next_attempt_at is None
+    assert not jobs_waiting().filter(args={"delivery_id": delivery.pk}).exists()
+
+
+def test_a_wrong_key_is_retried_not_killed_and_says_to_check_the_key(attentive, sandbox):
+    attentive.api_key = "sk_wrong_key_000"
+    attentive.save()
+    delivery = recorded()
+    deliver(delivery.pk, policy=NO_WAIT)
+    delivery.refresh_from_db()
+    assert delivery.status == "failed"
+    assert "401" in delivery.last_error and "check the API key" in delivery.last_error
+
+
+def test_nothing_is_sent_once_the_event_is_older_than_the_maximum_age(attentive, sandbox):
+    delivery = recorded(occurred_at=datetime.now(timezone.utc) - timedelta(hours=8, minutes=1))
+    deliver(delivery.pk, policy=NO_WAIT)
+    delivery.refresh_from_db()
+    assert delivery.status == "expired" and "maximum event age" in delivery.last_error
+    assert sandbox.sandbox.count_requests("/v1/events/custom") == 0
+
+
+def test_a_retry_that_would_land_after_the_maximum_age_expires_the_delivery(attentive, sandbox):
+    sandbox.sandbox.inject_fault("/v1/events/custom", status=500)
+    delivery = recorded(occurred_at=datetime.now(timezone.utc) - timedelta(hours=7, minutes=59))
+    deliver(delivery.pk, policy=RetryPolicy(base=timedelta(hours=1), cap=timedelta(hours=1), rng=FixedRandom(0.9)))
+    delivery.refresh_from_db()
+    assert delivery.status == "expired" and "no retry fits" in delivery.last_error
+
+
+class FixedRandom:
+    def __init__(self, share):
+        self.share = share
+
+    def uniform(self, low, high):
+        return low + (high - low) * self.share
+
+
+def test_two_workers_at_once_send_an_event_once(attentive, sandbox):
+    sandbox.sandbox.inject_fault("/v1/events/custom", status=200, body="{}", delay=0.3)
+    delivery = recorded()
+
+    def work():
+        try:
+            deliver(delivery.pk, policy=NO_WAIT)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=work) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    delivery.refresh_from_db()
+    assert (delivery.status, delivery.attempts) == ("delivered", 1)
+    assert sandbox.sandbox.count_requests("/v1/events/custom") == 1
+
+
+def test_a_delivered_event_is_not_sent_again_by_a_stray_job(attentive, sandbox):
+    delivery = recorded()
+    deliver(delivery.pk, policy=NO_WAIT)
+    deliver(delivery.pk, policy=NO_WAIT)
+    assert sandbox.sandbox.count_requests("/v1/events/custom") == 1
+
+
+def test_sending_switched_off_holds_deliveries_until_switched_on(attentive, sandbox):
+    attentive.enabled = False
+    attentive.save()
+    delivery = recorded()
+    deliver(delivery.pk, policy=NO_WAIT)
+    delivery.refresh_from_db()
+    assert delivery.status == "pending" and "switched off" in delivery.last_error
+    assert sandbox.sandbox.count_requests("/v1/events/custom") == 0
+    assert sweep(now=datetime.now(timezone.utc) + timedelta(minutes=5)).requeued == 0  # still off
+
+    attentive.enabled = True
+    attentive.save()
+    jobs_waiting().delete()
+    assert sweep(now=datetime.now(timezone.utc) + timedelta(minutes=5)).requeued == 1
+    run_worker_until_idle(queues=["deliveries"])
+    delivery.refresh_from_db()
+    assert delivery.status == "delivered"
+
+
+def test_the_sweeper_expires_what_is_too_old_and_requeues_what_lost_its_job(attentive, sandbox):
+    old = recorded("evt-old", occurred_at=datetime.now(timezone.utc) - timedelta(hours=9))
+    stranded = recorded("evt-stranded")
+    jobs_waiting().delete()  # as if a worker died holding them
+    result = sweep(now=datetime.now(timezone.utc) + timedelta(minutes=3))
+    assert (result.expired, result.requeued) == (1, 1)
+    old.refresh_from_db()
+    assert old.status == "expired"
+    assert jobs_waiting().filter(args={"delivery_id": stranded.pk}).exists()
+
+
+def test_retry_now_and_replay_send_the_same_external_event_id(attentive, sandbox):
+    sandbox.sandbox.inject_fault("/v1/events/custom", status=500)
+    failed = recorded("evt-failed")
+    deliver(failed.pk, policy=RetryPolicy(base=timedelta(hours=1), cap=timedelta(hours=1)))
+    delivered = recorded("evt-delivered")
+    deliver(delivered.pk, policy=NO_WAIT)
+
+    assert retry_now(Delivery.objects.all()) == 1  # only the one still waiting
+    assert replay(Delivery.objects.filter(pk=delivered.pk)) == 1
+    run_worker_until_idle(queues=["deliveries"])
+
+    assert set(Delivery.objects.values_list("status", flat=True)) == {"delivered"}
+    ids = [e["body"]["externalEventId"] for e in sandbox.sandbox.events()]
+    assert sorted(ids) == ["evt-delivered", "evt-delivered", "evt-failed"]
+
+
+def test_replay_skips_events_past_the_maximum_age(attentive, sandbox):
+    old = recorded(occurred_at=datetime.now(timezone.utc) - timedelta(hours=9))
+    assert replay(Delivery.objects.filter(pk=old.pk)) == 0
+
+
+def test_the_api_key_never_reaches_logs_errors_or_the_database_in_clear(attentive, sandbox, caplog):
+    caplog.set_level(logging.DEBUG)
+    sandbox.sandbox.inject_fault("/v1/events/custom", status=401, body='{"error":{"id":1,"message":"Unauthorized"}}')
+    delivery = recorded()
+    deliver(delivery.pk, policy=NO_WAIT)
+    delivery.refresh_from_db()
+    texts = [caplog.text, delivery.last_error, *delivery.attempt_log.values_list("error", "response_body")[0]]
+    assert not any(API_KEY in text for text in texts)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT api_key FROM attentive_sync_attentivesettings")
+        (stored,) = cursor.fetchone()
+    assert API_KEY not in stored and AttentiveSettings.load().key == API_KEY
+    assert API_KEY not in repr(AttentiveClient(api_key=API_KEY))
