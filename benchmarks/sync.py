@@ -98,6 +98,8 @@ def main() -> None:
     from sparkfly_sync.sync import sync_resource
 
     sandbox, url = start_sandbox(args.members)
+    # A scratch database of its own, so a concurrent `make test` keeps its test database.
+    connection.settings_dict.setdefault("TEST", {})["NAME"] = f"bench_{os.getpid()}"
     scratch = connection.creation.create_test_db(verbosity=0, autoclobber=True, keepdb=False)
     try:
         client = SparkflyClient(base_url=url, identity="sandbox", key="sandbox")

@@ -6,6 +6,7 @@ the portal starts an embedded PostgreSQL under ``.data/`` (see ``portal/embedded
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import environ
@@ -13,20 +14,27 @@ from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
-env = environ.Env()
 environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
 
 
+_CASTS = {"str": str, "int": int, "float": float, "bool": bool, "list": list}
+
+
 def _read(cast: str, name: str, default):
-    """One variable, cast; an empty value means the default; a bad value names itself."""
-    raw = env.str(name, default="")
+    """One variable, cast; an empty value means the default; a bad value names itself.
+
+    The raw value is cast with django-environ's parser but not through ``env()``, which would
+    treat a value starting with "$" as the name of another variable (a generated SECRET_KEY or
+    API key can start with "$" and would silently become empty).
+    """
+    raw = os.environ.get(name, "")
     if not raw:
         return default
     if cast == "bool" and raw.strip().lower() not in {"true", "false", "1", "0", "yes", "no", "on", "off"}:
         raise ImproperlyConfigured(f"{name}={raw!r} is not a valid bool: use true or false")
     try:
-        return getattr(env, cast)(name)
-    except (ValueError, environ.ImproperlyConfigured) as exc:
+        return environ.Env.parse_value(raw, _CASTS[cast])
+    except ValueError as exc:
         raise ImproperlyConfigured(f"{name}={raw!r} is not a valid {cast}: {exc}") from None
 
 
@@ -90,7 +98,9 @@ TEMPLATES = [
 DATA_DIR = Path(_read("str", "DATA_DIR", str(BASE_DIR / ".data")))
 EMBEDDED_DB_DIR = DATA_DIR / "postgres"
 if _read("str", "DATABASE_URL", ""):
-    DATABASES = {"default": env.db_url("DATABASE_URL")}
+    DATABASES = {"default": environ.Env.db_url_config(os.environ["DATABASE_URL"])}
+    if not DATABASES["default"].get("ENGINE"):
+        raise ImproperlyConfigured("DATABASE_URL is not a database URL (like postgres://user:password@host:5432/name)")
 else:
     from portal.embedded_db import database_settings
 

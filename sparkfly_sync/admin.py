@@ -403,7 +403,7 @@ class SparkflyMirrorAdmin(SparkflyReadOnlyAdmin):
                 "and its mirror row updated with what Sparkfly returns.",
             )
         try:
-            outcome = resync_rows(rows, client=client_from_settings())
+            outcome = resync_rows(rows, client=client_from_settings(interactive=True))
         except (ImproperlyConfigured, SparkflyError) as exc:
             self.message_user(request, f"Nothing was resynced: {exc}", messages.ERROR)
             return None
@@ -441,11 +441,11 @@ class MemberAdmin(SparkflyMirrorAdmin):
     detail_fields = ("credentials_table", "enrollments_table")
 
     def exact_search(self, term):
-        # Normalised the way the sync stored them, so "(415) 555-0134" finds +14155550134.
-        # Emails match whatever the case: the sync keeps the local part's case as Sparkfly sent it.
+        # Normalised the way the sync stored them (emails lowercased, phones E.164), so
+        # "(415) 555-0134" finds +14155550134 and the lookups use the plain indexes.
         lookups = super().exact_search(term)
         if "@" in term and (email := normalize_email(term)):
-            lookups.append(Q(email__iexact=email))
+            lookups.append(Q(email=email))
         if phone := normalize_phone(term, settings.MEMBER_PHONE_REGION):
             lookups.append(Q(phone=phone))
         return lookups

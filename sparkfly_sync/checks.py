@@ -41,6 +41,14 @@ def check_sparkfly_settings(app_configs=None, **kwargs):
                     id="sparkfly_sync.E002",
                 )
             )
+    elif settings.SPARKFLY_IDENTITY or settings.SPARKFLY_KEY:
+        problems.append(
+            Warning(
+                "SPARKFLY_IDENTITY/SPARKFLY_KEY are set but SPARKFLY_API_URL is not, so nothing is synced.",
+                hint=f"Set SPARKFLY_API_URL to {settings.SPARKFLY_PRODUCTION_URL} or {settings.SPARKFLY_STAGING_URL}.",
+                id="sparkfly_sync.W002",
+            )
+        )
     if not 1 <= settings.SPARKFLY_PAGE_SIZE <= MEMBERS_MAX_PER_PAGE:
         problems.append(
             Error(

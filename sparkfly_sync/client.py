@@ -141,7 +141,7 @@ class SparkflyClient:
                 method="GET",
                 url=response.url,
             )
-        if response.status_code >= 400:
+        if response.status_code >= 300:
             raise error_for_response(response)
         token = response.headers.get("X-Auth-Token", "").strip()
         if not token:
@@ -188,7 +188,7 @@ class SparkflyClient:
             response = self._send(
                 method, path, params=params, json_body=json_body, token=token, idempotent=idempotent
             )
-        if response.status_code >= 400:
+        if response.status_code >= 300:
             raise error_for_response(response)
         return _decode_json_object(response)
 
@@ -221,10 +221,13 @@ class SparkflyClient:
                     json=json_body,
                     headers=request_headers,
                     timeout=(self.connect_timeout, self.read_timeout),
+                    allow_redirects=False,  # the key and token go to Sparkfly's host only
                 )
             except requests.RequestException as exc:
                 if attempt == attempts:
-                    raise SparkflyConnectionError.from_exception(exc, method=method, url=url, attempts=attempt) from exc
+                    raise SparkflyConnectionError.from_exception(
+                        exc, method=method, url=url, attempts=attempt, idempotent=idempotent
+                    ) from exc
                 wait = self.retry.wait_before(attempt, self._rng)
                 logger.warning("Sparkfly %s %s failed (%s); retry %d in %.2fs", method, path, exc.__class__.__name__, attempt, wait)
                 self.sleep(wait)
@@ -257,6 +260,11 @@ class SparkflyClient:
         while True:
             body = self.get(path, **{**(params or {}), "page": number, "per_page": per_page})
             page = _parse_page(body, number=number, collection=collection, item=item, path=path)
+            if not page.items and page.total_pages and number < page.total_pages:
+                raise SparkflyResponseError(
+                    f"Sparkfly's {path} page {number} of {page.total_pages} came back empty; "
+                    "stopping rather than skip the pages after it."
+                )
             if page.items:
                 yield page
             if not page.items or (page.total_pages and number >= page.total_pages):
@@ -276,7 +284,8 @@ def _decode_json_object(response: requests.Response) -> dict:
     if response.status_code == 204 or not response.content:
         return {}
     try:
-        body = response.json()
+        # NaN/Infinity are not JSON, and PostgreSQL's jsonb refuses them: read them as null.
+        body = json.loads(response.content, parse_constant=lambda constant: None)
     except ValueError as exc:
         raise SparkflyResponseError(
             f"Sparkfly answered {response.status_code} with a body that is not JSON "
@@ -292,7 +301,18 @@ def _decode_json_object(response: requests.Response) -> dict:
             method=response.request.method,
             url=response.url,
         )
-    return body
+    # PostgreSQL text and jsonb cannot hold NUL characters; the scan is cheap, the walk rare.
+    return _without_nul(body) if b"\\u0000" in response.content else body
+
+
+def _without_nul(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.replace("\x00", "")
+    if isinstance(value, dict):
+        return {_without_nul(key): _without_nul(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_without_nul(item) for item in value]
+    return value
 
 
 def _parse_page(body: dict, *, number: int, collection: str, item: str, path: str) -> Page:
@@ -305,8 +325,10 @@ def _parse_page(body: dict, *, number: int, collection: str, item: str, path: st
     for position, entry in enumerate(wrapped):
         inner = entry.get(item) if isinstance(entry, dict) else None
         if not isinstance(inner, dict):
+            # Only the shape, never the content: entries can hold callback URLs and keys.
+            shape = f"keys {sorted(entry)[:10]}" if isinstance(entry, dict) else type(entry).__name__
             raise SparkflyResponseError(
-                f"Sparkfly's {path} page {number}, entry {position}: expected {{{item!r}: {{…}}}}, got {_snippet(json.dumps(entry))}"
+                f"Sparkfly's {path} page {number}, entry {position}: expected {{{item!r}: {{…}}}}, got {shape}"
             )
         items.append(inner)
     return Page(
@@ -337,12 +359,17 @@ __all__ = [
 ]
 
 
-_shared_clients: dict[tuple[str, str, str], SparkflyClient] = {}
+_shared_clients: dict[tuple[str, str, str, bool], SparkflyClient] = {}
 _shared_clients_lock = threading.Lock()
+# While a person waits (an admin action), one try and a short read timeout: an outage should
+# be reported in seconds, not after minutes of backoff.
+INTERACTIVE_RETRY = RetryPolicy(attempts=1)
+INTERACTIVE_READ_TIMEOUT = 15.0
 
 
-def client_from_settings() -> SparkflyClient:
-    """The process-wide client for the configured account (one token per process per 24 h)."""
+def client_from_settings(*, interactive: bool = False) -> SparkflyClient:
+    """The process-wide client for the configured account (one token per process per 24 h);
+    ``interactive`` for calls made while a person waits."""
     from django.conf import settings
     from django.core.exceptions import ImproperlyConfigured
 
@@ -354,14 +381,17 @@ def client_from_settings() -> SparkflyClient:
             "or run `make run`, which starts the Sparkfly sandbox and points the portal at it."
         )
     with _shared_clients_lock:
-        client = _shared_clients.get((base_url, identity, key))
+        client = _shared_clients.get((base_url, identity, key, interactive))
         if client is None:
             client = SparkflyClient(
                 base_url=base_url,
                 identity=identity,
                 key=key,
                 connect_timeout=settings.SPARKFLY_CONNECT_TIMEOUT,
-                read_timeout=settings.SPARKFLY_READ_TIMEOUT,
+                read_timeout=min(settings.SPARKFLY_READ_TIMEOUT, INTERACTIVE_READ_TIMEOUT)
+                if interactive
+                else settings.SPARKFLY_READ_TIMEOUT,
+                retry=INTERACTIVE_RETRY if interactive else RetryPolicy(),
             )
-            _shared_clients[(base_url, identity, key)] = client
+            _shared_clients[(base_url, identity, key, interactive)] = client
         return client

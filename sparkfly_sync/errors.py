@@ -43,13 +43,20 @@ class SparkflyConnectionError(SparkflyError):
     """Sparkfly could not be reached, or did not answer in time, after every allowed try."""
 
     @classmethod
-    def from_exception(cls, exc: requests.RequestException, *, method: str, url: str, attempts: int):
+    def from_exception(
+        cls, exc: requests.RequestException, *, method: str, url: str, attempts: int, idempotent: bool
+    ):
         error_class = SparkflyTimeout if isinstance(exc, requests.Timeout) else cls
         what = "did not answer in time" if error_class is SparkflyTimeout else "could not be reached"
         tries = f" after {attempts} tries" if attempts > 1 else ""
+        advice = (
+            "the request can be retried."
+            if idempotent
+            else "Sparkfly may still have done it: check before sending it again."
+        )
         return error_class(
             f"Sparkfly {what}{tries}: {method} {url} ({exc.__class__.__name__}). "
-            "Check SPARKFLY_API_URL and the network; the request can be retried.",
+            f"Check SPARKFLY_API_URL and the network; {advice}",
             method=method,
             url=url,
         )
@@ -130,6 +137,9 @@ def error_for_response(response: requests.Response) -> SparkflyAPIError:
     sparkfly_message, field_errors, trace = parse_error_body(body)
     if sparkfly_message:
         detail = sparkfly_message
+    elif 300 <= response.status_code < 400:
+        # Never followed: the identity, key and token must go to Sparkfly's host only.
+        detail = f"a redirect to {response.headers.get('Location', 'nowhere')!r}, which is not followed"
     elif "html" in response.headers.get("Content-Type", "").lower() or response.text.lstrip().startswith("<"):
         detail = "an HTML error page instead of JSON"
     elif response.text.strip():

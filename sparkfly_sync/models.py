@@ -221,6 +221,9 @@ class SyncRun(models.Model):
     resource = models.CharField(max_length=50, db_index=True)
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.RUNNING, db_index=True)
     started_at = models.DateTimeField(auto_now_add=True)
+    # Touched by every committed page and by the end of the run: how the scheduler tells a
+    # working or recently failed run from one whose process died.
+    updated_at = models.DateTimeField(auto_now=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     pages = models.PositiveIntegerField(default=0)
     created = models.PositiveIntegerField(default=0)

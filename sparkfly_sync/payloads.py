@@ -19,6 +19,10 @@ from django.core.validators import validate_email
 from django.utils.dateparse import parse_date, parse_datetime
 
 
+# Sparkfly ids are stored in PostgreSQL bigint columns.
+BIGINT_LIMIT = 2**63
+
+
 class PayloadError(ValueError):
     """An item Sparkfly sent that cannot be mirrored; the message says why."""
 
@@ -33,8 +37,8 @@ def sparkfly_id(payload: Any, key: str = "id") -> int:
         number = int(value)
     except (TypeError, ValueError):
         raise PayloadError(f"{key!r} is not an integer: {value!r}") from None
-    if number <= 0:
-        raise PayloadError(f"{key!r} must be positive, got {number}")
+    if not 0 < number < BIGINT_LIMIT:
+        raise PayloadError(f"{key!r} must be a positive 64-bit integer, got {number}")
     return number
 
 
@@ -191,15 +195,23 @@ def offer_row(payload: dict) -> dict:
     return row
 
 
-def offer_channel_rows(offer_payload: dict) -> list[dict]:
-    """The offer↔channel links of a full offer (``"channels": [{"channel": {id, xid, …}}]``)."""
+def offer_channel_rows(offer_payload: dict) -> list[dict] | None:
+    """The offer↔channel links of a full offer (``"channels": [{"channel": {id, xid, …}}]``),
+    or None when the payload does not say (no ``channels`` key): then the links are unknown,
+    which is not the same as "none"."""
     offer_id = sparkfly_id(offer_payload)
+    if "channels" not in offer_payload:
+        return None
+    channels = offer_payload["channels"]
+    if not isinstance(channels, list):
+        raise PayloadError(f"offer {offer_id} has 'channels' that is not a list")
     rows = {}
-    for entry in offer_payload.get("channels") or []:
+    for position, entry in enumerate(channels):
         link = entry.get("channel") if isinstance(entry, dict) else None
         channel_id = _optional_id(link, "id") if isinstance(link, dict) else None
         if channel_id is None:
-            raise PayloadError(f"offer {offer_id} lists a channel without an id: {entry!r:.200}")
+            # Say where, not what: a link can carry its security_key.
+            raise PayloadError(f"offer {offer_id} lists a channel without an id (entry {position})")
         rows[channel_id] = {"offer_id": offer_id, "channel_id": channel_id, "xid": _text(link, "xid", 100), "raw": link}
     return list(rows.values())
 
@@ -209,7 +221,9 @@ def credential_row(payload: dict) -> dict:
     raw_offer_ids = payload.get("offer_ids")
     offer_ids = []
     if isinstance(raw_offer_ids, list):
-        offer_ids = sorted({int(i) for i in raw_offer_ids if isinstance(i, int) and not isinstance(i, bool) and i > 0})
+        offer_ids = sorted(
+            {i for i in raw_offer_ids if isinstance(i, int) and not isinstance(i, bool) and 0 < i < BIGINT_LIMIT}
+        )
     annotations = payload.get("annotations")
     identifier = payload.get("identifier")
     row.update(

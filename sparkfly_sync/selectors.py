@@ -10,13 +10,16 @@ from sparkfly_sync.models import SyncRun
 
 
 def minutes_since_stalest_sync(resources: Iterable[str]) -> float | None:
-    """Minutes since the least recently started of these resources' latest runs started;
-    None when one of them has never been synced."""
+    """Minutes since the least recently active of these resources' latest runs last did
+    anything (committed a page, finished, failed); None when one was never synced.
+
+    Activity, not start: a failing run is retried an interval after its last failure, not
+    every minute, and a run whose process died goes stale and gets resumed."""
     latest = latest_runs()
-    started = [latest[name].started_at if name in latest else None for name in resources]
-    if not started or None in started:
+    touched = [latest[name].updated_at if name in latest else None for name in resources]
+    if not touched or None in touched:
         return None
-    return (timezone.now() - min(started)).total_seconds() / 60
+    return (timezone.now() - min(touched)).total_seconds() / 60
 
 
 def latest_runs() -> dict[str, SyncRun]:

@@ -23,13 +23,20 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 
 from sparkfly_sync import client as api
 from sparkfly_sync import payloads
 from sparkfly_sync.client import Page, SparkflyClient
-from sparkfly_sync.errors import SparkflyAuthError, SparkflyConnectionError, SparkflyError, SparkflyNotFound
+from sparkfly_sync.errors import (
+    SparkflyAuthError,
+    SparkflyConnectionError,
+    SparkflyError,
+    SparkflyNotFound,
+    SparkflyRateLimited,
+    SparkflyServerError,
+)
 from sparkfly_sync.models import (
     Channel,
     Credential,
@@ -58,10 +65,12 @@ class SyncAlreadyRunning(Exception):
 
 @dataclass(frozen=True)
 class Stream:
-    """One paginated list read by a sync; ``key`` identifies it in checkpoints."""
+    """One paginated list read by a sync; ``key`` identifies it in checkpoints. A stream
+    under a parent (a merchant's stores) may 404 when Sparkfly deleted the parent."""
 
     key: str
     path: str
+    under_parent: bool = False
 
 
 @dataclass
@@ -83,7 +92,13 @@ class Resource:
     detail_path: Callable[[object], str]
     max_per_page: int | None = None
 
-    def write_items(self, client: SparkflyClient, items: list[dict], where: str) -> PageOutcome:
+    def prepare(self, client: SparkflyClient, items: list[dict], where: str) -> tuple[list[dict], list[str]]:
+        """Any HTTP a batch needs before it is written, done outside the page's transaction
+        (a transaction must not stay open across network calls). Returns the items to write
+        and the reasons for any left out."""
+        return items, []
+
+    def write_items(self, items: list[dict], where: str) -> PageOutcome:
         """Mirror a batch of items (a page, or single fetches); ``where`` names it in errors."""
         outcome = PageOutcome()
         rows = []
@@ -108,40 +123,49 @@ class Resource:
 class OfferResource(Resource):
     """Offers list in a short form; the full offer carries its channel links and their xids."""
 
-    def write_items(self, client: SparkflyClient, items: list[dict], where: str) -> PageOutcome:
-        outcome = PageOutcome()
-        offers, links, offer_ids = [], [], []
+    def prepare(self, client: SparkflyClient, items: list[dict], where: str) -> tuple[list[dict], list[str]]:
+        full, errors = [], []
         for position, item in enumerate(items):
             try:
                 offer_id = payloads.sparkfly_id(item)
-                try:
-                    item = client.get(f"{api.OFFERS_PATH}/{offer_id}")["offer"]
-                except SparkflyNotFound:
-                    outcome.errors.append(f"offer {offer_id} was listed but is gone; skipped")
-                    continue
-                except (KeyError, TypeError):
-                    raise payloads.PayloadError("the full offer has no 'offer' object") from None
-                offers.append(self.to_row(item))
-                links.extend(payloads.offer_channel_rows(item))
-                offer_ids.append(offer_id)
+            except payloads.PayloadError as exc:
+                errors.append(f"offer {position + 1} of {where}: {exc}")
+                continue
+            try:
+                full.append(self.fetch(client, Offer(sparkfly_id=offer_id)))
+            except SparkflyNotFound:
+                errors.append(f"offer {offer_id} was listed but is gone at Sparkfly; skipped")
+            except payloads.PayloadError as exc:
+                errors.append(str(exc))
+        return full, errors
+
+    def write_items(self, items: list[dict], where: str) -> PageOutcome:
+        outcome = PageOutcome()
+        offers, links, reconciled = [], [], []
+        for position, item in enumerate(items):
+            try:
+                row = self.to_row(item)
+                offer_links = payloads.offer_channel_rows(item)
             except payloads.PayloadError as exc:
                 outcome.errors.append(f"offer {position + 1} of {where}: {exc}")
+                continue
+            offers.append(row)
+            if offer_links is not None:
+                links.extend(offer_links)
+                reconciled.append(row["sparkfly_id"])
         outcome.upserted = upsert_rows(Offer, offers)
         upsert_rows(OfferChannel, links, conflict_fields=("offer_id", "channel_id"))
+        # Links Sparkfly no longer lists for these offers are gone (only where it said which).
         linked = {(link["offer_id"], link["channel_id"]) for link in links}
         stale = [
             pk
-            for pk, offer_id, channel_id in OfferChannel.objects.filter(offer_id__in=offer_ids).values_list(
+            for pk, offer_id, channel_id in OfferChannel.objects.filter(offer_id__in=reconciled).values_list(
                 "pk", "offer_id", "channel_id"
             )
             if (offer_id, channel_id) not in linked
         ]
         OfferChannel.objects.filter(pk__in=stale).delete()
         return outcome
-
-    def fetch(self, client: SparkflyClient, row) -> dict:
-        # write_items fetches the full offer itself; its id is all it needs.
-        return {"id": row.sparkfly_id}
 
 
 def _single(path: str) -> Callable[[], list[Stream]]:
@@ -164,7 +188,9 @@ def _per_parent(model: type, template: str, placeholder: str) -> Callable[[], li
 
     def streams() -> list[Stream]:
         ids = model.objects.order_by("sparkfly_id").values_list("sparkfly_id", flat=True)
-        return [Stream(str(parent_id), template.format(**{placeholder: parent_id})) for parent_id in ids]
+        return [
+            Stream(str(parent_id), template.format(**{placeholder: parent_id}), under_parent=True) for parent_id in ids
+        ]
 
     return streams
 
@@ -259,15 +285,17 @@ def _resource_lock(name: str) -> Iterator[None]:
 
 
 def _run_to_continue(name: str) -> SyncRun | None:
-    """The latest run of ``name`` if it stopped early (crash or failure) recently enough."""
+    """The latest run of ``name`` if it stopped early (crash or failure) recently enough.
+
+    Called under the resource's lock, so a run still marked running has lost its process.
+    """
     latest = SyncRun.objects.filter(resource=name).order_by("-started_at", "-pk").first()
-    if (
-        latest is not None
-        and latest.status != SyncRun.Status.SUCCEEDED
-        and latest.checkpoint
-        and latest.started_at >= timezone.now() - RESUME_WINDOW
-    ):
+    if latest is None or latest.status == SyncRun.Status.SUCCEEDED:
+        return None
+    if latest.checkpoint and latest.started_at >= timezone.now() - RESUME_WINDOW:
         return latest
+    if latest.status == SyncRun.Status.RUNNING:
+        _finish(latest, SyncRun.Status.FAILED, failure="abandoned: its process stopped, and it is too old to resume")
     return None
 
 
@@ -277,7 +305,10 @@ def _pending_streams(streams: list[Stream], checkpoint: dict | None) -> Iterator
     start_index, start_page = 0, 1
     if checkpoint and checkpoint.get("stream") in keys:
         start_index = keys.index(checkpoint["stream"])
-        start_page = int(checkpoint.get("page", 0)) + 1
+        if checkpoint.get("finished"):
+            start_index += 1
+        else:
+            start_page = int(checkpoint.get("page", 0)) + 1
     for index in range(start_index, len(streams)):
         yield streams[index], (start_page if index == start_index else 1)
 
@@ -306,25 +337,16 @@ def sync_resource(
             logger.info("resuming %s sync %s after page %s", name, run.pk, run.checkpoint)
             run.resumed += 1
             run.status, run.failure, run.finished_at = SyncRun.Status.RUNNING, "", None
-            run.save(update_fields=["resumed", "status", "failure", "finished_at"])
+            run.save(update_fields=["resumed", "status", "failure", "finished_at", "updated_at"])
+        # A resumed run keeps the page size its checkpoint counted pages in: the same page
+        # number at another size is another offset, and rows would be skipped.
+        page_size = (run.checkpoint or {}).get("per_page") or _per_page(resource, per_page)
         started = time.monotonic()
         try:
             for stream, start_page in _pending_streams(resource.streams(), run.checkpoint):
-                pages = client.iter_pages(
-                    stream.path,
-                    collection=resource.collection,
-                    item=resource.item,
-                    per_page=_per_page(resource, per_page),
-                    start_page=start_page,
-                )
-                for page in pages:
-                    with transaction.atomic():
-                        outcome = resource.write_items(client, page.items, f"page {page.number}")
-                        _record_page(run, stream, page, outcome)
-                    if on_page is not None:
-                        on_page(run, page)
-        except (SparkflyError, payloads.PayloadError) as exc:
-            _finish(run, SyncRun.Status.FAILED, failure=str(exc))
+                _sync_stream(run, resource, stream, start_page, page_size, client, on_page)
+        except (SparkflyError, payloads.PayloadError, DatabaseError) as exc:
+            _finish(run, SyncRun.Status.FAILED, failure=f"{exc.__class__.__name__}: {exc}")
             logger.warning("%s sync %s failed after %d pages: %s", name, run.pk, run.pages, exc)
             return run
         except BaseException as exc:
@@ -339,8 +361,32 @@ def sync_resource(
         return run
 
 
-def _record_page(run: SyncRun, stream: Stream, page: Page, outcome: PageOutcome) -> None:
-    run.pages += 1
+def _sync_stream(run, resource, stream, start_page, page_size, client, on_page) -> None:
+    pages = client.iter_pages(
+        stream.path, collection=resource.collection, item=resource.item, per_page=page_size, start_page=start_page
+    )
+    try:
+        for page in pages:
+            where = f"page {page.number}"
+            items, skipped = resource.prepare(client, page.items, where)
+            with transaction.atomic():
+                outcome = resource.write_items(items, where)
+                outcome.errors[:0] = skipped
+                _record_page(run, {"stream": stream.key, "page": page.number, "per_page": page_size}, outcome, pages=1)
+            if on_page is not None:
+                on_page(run, page)
+    except SparkflyNotFound:
+        if not stream.under_parent:
+            raise
+        # Sparkfly deleted the parent (a merchant, a program): its list is gone, not broken.
+        outcome = PageOutcome(errors=[f"{stream.path} is gone at Sparkfly (404); skipped"])
+        with transaction.atomic():
+            _record_page(run, {"stream": stream.key, "finished": True, "per_page": page_size}, outcome, pages=0)
+
+
+def _record_page(run: SyncRun, checkpoint: dict, outcome: PageOutcome, *, pages: int) -> None:
+    """Count a committed page and move the checkpoint past it, in the page's transaction."""
+    run.pages += pages
     run.created += outcome.upserted.created
     run.updated += outcome.upserted.updated
     run.unchanged += outcome.upserted.unchanged
@@ -348,17 +394,27 @@ def _record_page(run: SyncRun, stream: Stream, page: Page, outcome: PageOutcome)
     room = MAX_ERROR_SAMPLES - len(run.error_samples)
     if room > 0 and outcome.errors:
         run.error_samples = run.error_samples + outcome.errors[:room]
-    run.checkpoint = {"stream": stream.key, "page": page.number}
-    run.save(update_fields=["pages", "created", "updated", "unchanged", "errors", "error_samples", "checkpoint"])
+    run.checkpoint = checkpoint
+    run.save(
+        update_fields=["pages", "created", "updated", "unchanged", "errors", "error_samples", "checkpoint", "updated_at"]
+    )
 
 
 def _finish(run: SyncRun, status: str, *, failure: str = "") -> None:
-    run.status = status
-    run.failure = failure
-    run.finished_at = timezone.now()
     if status == SyncRun.Status.SUCCEEDED:
         run.checkpoint = None
-    run.save(update_fields=["status", "failure", "finished_at", "checkpoint"])
+        counted = ["checkpoint"]
+    else:
+        # The in-memory counters and checkpoint may belong to a page that was rolled back;
+        # what is committed is the truth.
+        run.refresh_from_db(
+            fields=["pages", "created", "updated", "unchanged", "errors", "error_samples", "checkpoint"]
+        )
+        counted = []
+    run.status = status
+    run.failure = failure[:10000]
+    run.finished_at = timezone.now()
+    run.save(update_fields=["status", "failure", "finished_at", "updated_at", *counted])
 
 
 def resource_for_model(model: type) -> Resource:
@@ -379,8 +435,9 @@ def resync_rows(rows, *, client: SparkflyClient) -> ResyncOutcome:
     """Fetch each mirrored row again from Sparkfly and upsert it (the admin's "resync").
 
     A row Sparkfly no longer has is reported in ``gone`` and left in the mirror: deleting
-    local history because of one 404 is not a call a resync should make silently. An outage
-    or a rejected key would fail every row alike, so it stops the resync and is raised.
+    local history because of one 404 is not a call a resync should make silently. An outage,
+    a rate limit or a rejected key would fail every row alike, so it stops the resync and is
+    raised.
     """
     outcome = ResyncOutcome()
     for row in rows:
@@ -388,11 +445,11 @@ def resync_rows(rows, *, client: SparkflyClient) -> ResyncOutcome:
         try:
             item = resource.fetch(client, row)
             with transaction.atomic():
-                written = resource.write_items(client, [item], f"{resource.item} {row.sparkfly_id}")
+                written = resource.write_items([item], f"{resource.item} {row.sparkfly_id}")
         except SparkflyNotFound:
             outcome.gone.append(row.sparkfly_id)
             continue
-        except (SparkflyConnectionError, SparkflyAuthError):
+        except (SparkflyConnectionError, SparkflyAuthError, SparkflyServerError, SparkflyRateLimited):
             raise
         except (SparkflyError, payloads.PayloadError) as exc:
             outcome.failures.append(f"{resource.item} {row.sparkfly_id}: {exc}")

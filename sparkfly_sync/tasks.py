@@ -32,10 +32,11 @@ def queue_mirror_sync(resources: list[str] | None = None) -> bool:
     procrastinate refuses a second waiting job with the same queueing lock through a failed
     INSERT; the savepoint keeps that failure from aborting the caller's transaction.
     """
-    lock = "sparkfly-mirror-sync:" + (",".join(sorted(resources)) if resources else "all")
+    queueing_lock = "sparkfly-mirror-sync:" + (",".join(sorted(resources)) if resources else "all")
     try:
         with transaction.atomic():
-            sync_mirror.configure(queueing_lock=lock).defer(resources=resources)
+            # lock: syncs run one after another, never two at once on two workers.
+            sync_mirror.configure(queueing_lock=queueing_lock, lock="sparkfly-mirror-sync").defer(resources=resources)
     except procrastinate_exceptions.AlreadyEnqueued:
         return False
     return True

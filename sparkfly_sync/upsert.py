@@ -106,8 +106,10 @@ def _upsert_group(model, columns, rows, conflict_fields, now) -> UpsertResult:
         old=sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in compared),
         new=sql.SQL(", ").join(sql.SQL("EXCLUDED.{}").format(sql.Identifier(c)) for c in compared),
     )
-    with connection.cursor() as django_cursor:
-        cursor = django_cursor.cursor  # the psycopg cursor: Django's wrapper has no COPY
+    # The raw psycopg cursor (Django's wrapper has no COPY); wrap_database_errors turns its
+    # errors into Django's, as every other query's are.
+    with connection.cursor() as django_cursor, connection.wrap_database_errors:
+        cursor = django_cursor.cursor
         for statement in statements:
             cursor.execute(statement)
         copy_statement = sql.SQL("COPY {stage} ({cols}) FROM STDIN").format(stage=stage, cols=column_list)

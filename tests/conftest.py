@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import time
+from urllib.parse import quote, urlencode
 
 import pytest
 from django.db import connection
@@ -93,3 +95,32 @@ def run_worker_until_idle(queues: list[str] | None = None) -> None:
         procrastinate_app.run_worker(
             queues=queues, wait=False, install_signal_handlers=False, listen_notify=False
         )
+
+
+def database_url_for_subprocess(application_name: str) -> str:
+    """A DATABASE_URL for a child process to use the test database, whatever the server
+    (socket or TCP, password or not), tagged so ``wait_for_backends_to_end`` can find it."""
+    database = connection.settings_dict
+    user = quote(database["USER"] or "", safe="")
+    password = f":{quote(database['PASSWORD'], safe='')}" if database.get("PASSWORD") else ""
+    query = {"application_name": application_name}
+    host = database.get("HOST") or ""
+    if host.startswith("/"):
+        query["host"] = host  # a Unix-socket directory goes in the query, as libpq takes it
+        netloc = f"{user}{password}@"
+    else:
+        netloc = f"{user}{password}@{host}{':' + str(database['PORT']) if database.get('PORT') else ''}"
+    return f"postgres://{netloc}/{quote(database['NAME'], safe='')}?{urlencode(query)}"
+
+
+def wait_for_backends_to_end(application_name: str, timeout: float = 10) -> None:
+    """After killing a child, wait until PostgreSQL has ended its sessions: a killed client's
+    backend finishes its statement (and holds its locks) for a few more milliseconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", [application_name])
+            if cursor.fetchone()[0] == 0:
+                return
+        time.sleep(0.01)
+    raise AssertionError(f"the database sessions of {application_name} did not end within {timeout} s")

@@ -10,13 +10,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from urllib.parse import quote
 
 import pytest
 import requests
-from django.db import connection
+from django.contrib.auth import get_user_model
 
+from portal.management.commands.runportal import _ensure_demo_admin
 from sparkfly_sync.models import Member
+from tests.conftest import database_url_for_subprocess
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -47,12 +48,11 @@ def answers(url: str) -> requests.Response | None:
 @pytest.mark.django_db(transaction=True)
 def test_runportal_serves_the_whole_portal_and_stops_everything_on_ctrl_c(tmp_path):
     port, sandbox_port = free_port(), free_port()
-    database = connection.settings_dict
     env = {
         **os.environ,
         "DEBUG": "true",
         "DATA_DIR": str(tmp_path),
-        "DATABASE_URL": f"postgres://{database['USER']}@/{database['NAME']}?host={quote(database['HOST'])}",
+        "DATABASE_URL": database_url_for_subprocess("runportal-under-test"),
         "PORT": str(port),
         "SANDBOX_PORT": str(sandbox_port),
     }
@@ -84,3 +84,12 @@ def test_runportal_serves_the_whole_portal_and_stops_everything_on_ctrl_c(tmp_pa
         output, _ = launcher.communicate(timeout=30)
     assert f"admin       {base}/admin/   login: {login}" in output
     assert answers(f"{base}/healthz") is None and answers(f"http://127.0.0.1:{sandbox_port}/auth") is None
+
+
+@pytest.mark.django_db
+def test_an_existing_admin_account_is_never_taken_over(tmp_path):
+    user = get_user_model().objects.create_user("admin", password="the-owners-password")
+    login = _ensure_demo_admin(tmp_path / "demo-admin.txt")
+    user.refresh_from_db()
+    assert user.check_password("the-owners-password") and not user.is_superuser
+    assert "existing account" in login and not (tmp_path / "demo-admin.txt").exists()

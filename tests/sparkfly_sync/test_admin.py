@@ -60,7 +60,7 @@ def account():
     offer = mirror(Offer, 41, merchant_id=11, name="Free Latte", status="approved", max_redemptions=1000,
                    max_redemptions_per_member=1, expires_at=NOW + timedelta(days=30))
     link = mirror(OfferChannel, offer_id=41, channel_id=31, xid="XID-LATTE")
-    member = mirror(Member, 51, identifier="member-000051", email="Ada.Lovelace@example.com", phone="+14155550134",
+    member = mirror(Member, 51, identifier="member-000051", email="ada.lovelace@example.com", phone="+14155550134",
                     first_name="Ada", last_name="Lovelace", notification_mode="app")
     credential = mirror(Credential, 61, identifier="CODE-61", status="open", member_id=51, channel_id=31, store_id=21,
                         offer_ids=[41])

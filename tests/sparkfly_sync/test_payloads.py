@@ -52,7 +52,8 @@ def test_member_without_profile_mirrors_with_empty_contacts():
         ({"identifier": "x"}, "missing 'id'"),
         ({"id": "abc"}, "not an integer"),
         ({"id": True}, "missing 'id'"),
-        ({"id": -3}, "must be positive"),
+        ({"id": -3}, "must be a positive 64-bit integer"),
+        ({"id": 2**63}, "must be a positive 64-bit integer"),
         (["not", "an", "object"], "expected an object"),
     ],
 )

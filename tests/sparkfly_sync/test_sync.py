@@ -8,11 +8,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from urllib.parse import quote
 
 import pytest
 from django.core.management import CommandError, call_command
 from django.db import connection, connections
+
+from tests.conftest import database_url_for_subprocess, wait_for_backends_to_end
 
 from sparkfly_sync import client as api
 from sparkfly_sync.models import (
@@ -61,9 +62,8 @@ def test_a_10000_member_account_mirrors_completely(ten_thousand_members):
     mirrored = Member.objects.get(sparkfly_id=sample_id)
     assert mirrored.identifier == sample["identifier"]
     assert mirrored.raw == sample
-    profile = sample.get("member_profile") or {}
-    if profile.get("email"):
-        assert mirrored.email.lower() == profile["email"].lower()
+    emails = Member.objects.exclude(email="").values_list("email", flat=True)
+    assert emails.count() > 5000 and all(email == email.lower() and "@" in email for email in emails[:500])
     phones = Member.objects.exclude(phone="").values_list("phone", flat=True)
     assert phones.count() > 5000 and all(phone.startswith("+") for phone in phones[:500])
 
@@ -92,7 +92,7 @@ def test_a_sandbox_500_marks_the_run_failed_and_keeps_what_was_committed(sparkfl
     run = sync_resource("members", client=client_for(sparkfly_sandbox), per_page=10)
     assert run.status == "failed"
     assert "500" in run.failure and "db down" in run.failure
-    assert run.pages == 2 and run.checkpoint == {"stream": "all", "page": 2}
+    assert run.pages == 2 and run.checkpoint == {"stream": "all", "page": 2, "per_page": 10}
     assert Member.objects.count() == 20  # the two committed pages, nothing half-written
 
 
@@ -140,11 +140,9 @@ def test_a_failed_run_is_resumed_from_the_page_after_its_checkpoint(sparkfly_san
 @pytest.mark.django_db(transaction=True)
 def test_a_run_killed_mid_way_resumes_where_it_stopped(ten_thousand_members):
     """A real crash: the sync runs in another process, which is SIGKILLed mid-way."""
-    database = connection.settings_dict
     env = {
         **os.environ,
-        # libpq takes a Unix-socket directory as the "host" query parameter.
-        "DATABASE_URL": f"postgres://{database['USER']}@/{database['NAME']}?host={quote(database['HOST'])}",
+        "DATABASE_URL": database_url_for_subprocess("killed-sync"),
         "SPARKFLY_API_URL": ten_thousand_members.base_url,
         "SPARKFLY_IDENTITY": "sandbox",
         "SPARKFLY_KEY": "sandbox",
@@ -168,6 +166,7 @@ def test_a_run_killed_mid_way_resumes_where_it_stopped(ten_thousand_members):
     finally:
         if process.poll() is None:
             process.kill()
+    wait_for_backends_to_end("killed-sync")
     crashed = SyncRun.objects.get(resource="members")
     assert crashed.status == "running" and crashed.finished_at is None  # nobody got to record the crash
     committed_pages = crashed.checkpoint["page"]
@@ -246,3 +245,75 @@ def test_the_command_explains_missing_configuration(settings):
     settings.SPARKFLY_API_URL = ""
     with pytest.raises(Exception, match="SPARKFLY_API_URL"):
         call_command("sync_sparkfly", "members", verbosity=0)
+
+
+def test_a_resumed_run_keeps_the_page_size_its_checkpoint_counted_in(sparkfly_sandbox):
+    client = client_for(sparkfly_sandbox)
+    sparkfly_sandbox.sandbox.inject_fault(api.MEMBERS_PATH, status=503, after=2, times=50)
+    failed = sync_resource("members", client=client, per_page=5)
+    assert failed.checkpoint == {"stream": "all", "page": 2, "per_page": 5}
+    sparkfly_sandbox.sandbox.clear_faults()
+    resumed = sync_resource("members", client=client, per_page=25)  # page 3 at 25 would skip 40 members
+    assert resumed.status == "succeeded"
+    assert Member.objects.count() == 50
+
+
+def test_a_parent_deleted_at_sparkfly_skips_its_list_and_the_rest_syncs(sparkfly_sandbox):
+    client = client_for(sparkfly_sandbox)
+    sync_resource("merchants", client=client)
+    first, second = Merchant.objects.order_by("sparkfly_id").values_list("sparkfly_id", flat=True)
+    sparkfly_sandbox.sandbox.inject_fault(
+        api.STORES_PATH.format(merchant_id=first), status=404, body='{"trace":"x","error":"Not Found"}', times=10
+    )
+    run = sync_resource("stores", client=client)
+    assert run.status == "succeeded" and run.errors == 1
+    assert "is gone at Sparkfly (404); skipped" in run.error_samples[0]
+    assert set(Store.objects.values_list("merchant_id", flat=True)) == {second}
+
+
+def test_nul_characters_nan_and_oversized_ids_cannot_poison_a_page(sparkfly_sandbox):
+    page = (
+        '{"page":1,"per_page":3,"total_entries":3,"total_pages":1,"members":['
+        '{"member":{"id":1,"identifier":"a\\u0000b","notification_mode":"app","score":NaN}},'
+        '{"member":{"id":99999999999999999999,"identifier":"huge"}},'
+        '{"member":{"id":3,"identifier":"c","member_profile":{"first_name":"Z\\u0000oe"}}}]}'
+    )
+    sparkfly_sandbox.sandbox.inject_fault(api.MEMBERS_PATH, status=200, body=page)
+    run = sync_resource("members", client=client_for(sparkfly_sandbox), per_page=3)
+    assert (run.status, run.created, run.errors) == ("succeeded", 2, 1)
+    assert "64-bit" in run.error_samples[0]
+    first = Member.objects.get(sparkfly_id=1)
+    assert first.identifier == "ab" and first.raw["score"] is None
+    assert Member.objects.get(sparkfly_id=3).first_name == "Zoe"
+
+
+def test_a_database_failure_mid_page_fails_the_run_without_moving_the_checkpoint(sparkfly_sandbox):
+    """A real database error inside page 3's transaction (a trigger refuses one row)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "CREATE FUNCTION refuse_member() RETURNS trigger AS $$ BEGIN "
+            "IF NEW.identifier = 'member-000025' THEN RAISE EXCEPTION 'disk full'; END IF; RETURN NEW; END $$ "
+            "LANGUAGE plpgsql"
+        )
+        cursor.execute(
+            "CREATE TRIGGER refuse_member BEFORE INSERT ON sparkfly_sync_member FOR EACH ROW EXECUTE FUNCTION refuse_member()"
+        )
+    run = sync_resource("members", client=client_for(sparkfly_sandbox), per_page=10)
+    assert run.status == "failed" and "disk full" in run.failure
+    run.refresh_from_db()
+    assert run.checkpoint == {"stream": "all", "page": 2, "per_page": 10} and run.pages == 2 and run.created == 20
+    assert Member.objects.count() == 20
+
+
+def test_an_empty_page_before_the_last_fails_instead_of_ending_early(sparkfly_sandbox):
+    sparkfly_sandbox.sandbox.inject_fault(
+        api.MEMBERS_PATH, status=200, body='{"page":2,"per_page":10,"total_pages":5,"members":[]}', after=1
+    )
+    run = sync_resource("members", client=client_for(sparkfly_sandbox), per_page=10)
+    assert run.status == "failed" and "page 2 of 5 came back empty" in run.failure
+
+
+def test_a_redirect_is_not_followed(sparkfly_sandbox):
+    sparkfly_sandbox.sandbox.inject_fault(api.MEMBERS_PATH, status=302, body="", times=5)
+    run = sync_resource("members", client=client_for(sparkfly_sandbox), per_page=10)
+    assert run.status == "failed" and "302" in run.failure and "not followed" in run.failure

@@ -58,9 +58,20 @@ def test_the_scheduler_queues_a_sync_when_due_and_only_then(sparkfly_settings):
         SyncRun.objects.create(resource=resource, status="succeeded")
     schedule_mirror_sync(timestamp=0)  # everything synced a moment ago: not due
     assert mirror_jobs().count() == 0
-    SyncRun.objects.filter(resource="offers").update(started_at=timezone.now() - timedelta(minutes=61))
+    SyncRun.objects.filter(resource="offers").update(updated_at=timezone.now() - timedelta(minutes=61))
     schedule_mirror_sync(timestamp=0)  # offers went stale: due
     assert mirror_jobs().count() == 1
+
+
+def test_a_failing_resource_is_retried_an_interval_after_its_last_try_not_every_minute(sparkfly_settings):
+    sparkfly_settings.SPARKFLY_SYNC_INTERVAL_MINUTES = 60
+    for resource in RESOURCES:
+        SyncRun.objects.create(resource=resource, status="succeeded")
+    # A run started long ago and resumed since, which failed again a moment ago.
+    SyncRun.objects.create(resource="members", status="failed", checkpoint={"stream": "all", "page": 3})
+    SyncRun.objects.filter(resource="members", status="failed").update(started_at=timezone.now() - timedelta(hours=5))
+    schedule_mirror_sync(timestamp=0)
+    assert mirror_jobs().count() == 0
 
 
 def test_a_partial_manual_sync_does_not_postpone_the_others(sparkfly_settings):

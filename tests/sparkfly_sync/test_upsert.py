@@ -62,3 +62,18 @@ def test_a_column_left_out_of_a_row_keeps_its_stored_value():
 def test_upsert_outside_a_transaction_is_refused():
     with pytest.raises(RuntimeError, match="inside transaction.atomic"):
         upsert_rows(Member, member_rows(1))
+
+
+def test_rows_with_different_columns_in_one_batch_each_keep_what_they_leave_out():
+    upsert(LoyaltyEnrollment, [{"sparkfly_id": i, "tier_id": 7, "point_balance": 1, "raw": {}} for i in (1, 2)])
+    result = upsert(
+        LoyaltyEnrollment,
+        [
+            {"sparkfly_id": 1, "point_balance": 5, "raw": {}},  # a list payload: no tier
+            {"sparkfly_id": 2, "tier_id": 9, "point_balance": 5, "raw": {}},  # a single fetch: tier
+            {"sparkfly_id": 3, "point_balance": 5, "raw": {}},  # new, no tier
+        ],
+    )
+    assert (result.created, result.updated) == (1, 2)
+    tiers = dict(LoyaltyEnrollment.objects.values_list("sparkfly_id", "tier_id"))
+    assert tiers == {1: 7, 2: 9, 3: None}

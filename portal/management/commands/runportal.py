@@ -35,6 +35,11 @@ class Command(BaseCommand):
         parser.add_argument("--sandbox-members", type=int, default=2000, help="members the sandbox is seeded with")
 
     def handle(self, *args, host, port, sandbox_port, sandbox_members, **options):
+        if not settings.DEBUG:
+            raise CommandError(
+                "runportal is for a developer's machine (it creates a demo administrator); "
+                "set DEBUG=true, or run the web server and workers as a deployment does."
+            )
         use_sandbox = not (settings.SPARKFLY_IDENTITY and settings.SPARKFLY_KEY)
         ports = [port] + ([sandbox_port] if use_sandbox else [])
         for busy in [p for p in ports if _port_in_use(host, p)]:
@@ -95,15 +100,16 @@ def _port_in_use(host: str, port: int) -> bool:
 
 
 def _ensure_demo_admin(login_file: Path) -> str:
-    """Create the demo administrator once; its password lives in .data/ (never in the repo)."""
+    """Create the demo administrator once; its password lives in DATA_DIR (never in the repo).
+
+    An existing "admin" account is never touched: it may be a real person's."""
     User = get_user_model()
-    if User.objects.filter(username=DEMO_ADMIN_USERNAME).exists() and login_file.exists():
-        return login_file.read_text().strip()
+    if User.objects.filter(username=DEMO_ADMIN_USERNAME).exists():
+        if login_file.exists():
+            return login_file.read_text().strip()
+        return f"{DEMO_ADMIN_USERNAME} (an existing account; `manage.py changepassword admin` resets it)"
     password = secrets.token_urlsafe(12)
-    user, _ = User.objects.get_or_create(username=DEMO_ADMIN_USERNAME, defaults={"email": "admin@example.com"})
-    user.is_staff = user.is_superuser = True
-    user.set_password(password)
-    user.save()
+    User.objects.create_superuser(DEMO_ADMIN_USERNAME, "admin@example.com", password)
     login = f"{DEMO_ADMIN_USERNAME} / {password}"
     login_file.parent.mkdir(parents=True, exist_ok=True)
     login_file.write_text(login + "\n")
