@@ -77,6 +77,12 @@ class AttentiveSettings(models.Model):
 
     def save(self, *args, **kwargs):
         self.pk = 1  # a singleton
+        if self.api_key_unreadable and not kwargs.get("update_fields") and type(self).objects.filter(pk=1).exists():
+            # Saving would encrypt the still-encrypted key a second time, and restoring the old
+            # SECRET_KEY or salt could then never recover it: leave the stored value alone.
+            kwargs["update_fields"] = [
+                field.name for field in self._meta.concrete_fields if not field.primary_key and field.name != "api_key"
+            ]
         super().save(*args, **kwargs)
 
     @classmethod
@@ -113,7 +119,8 @@ class AttentiveSettings(models.Model):
         if self.api_key_unreadable:
             return (
                 "the stored Attentive API key cannot be decrypted with the current SECRET_KEY and "
-                "SALT_KEY (were they changed without keeping the old ones as fallbacks?); enter it again"
+                "FIELD_ENCRYPTION_SALTS (were they changed without keeping the old ones in "
+                "SECRET_KEY_FALLBACKS / after the new salt?); restore them, or enter the key again"
             )
         return ""
 

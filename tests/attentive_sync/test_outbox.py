@@ -3,7 +3,7 @@
 from datetime import datetime, timezone
 
 import pytest
-from django.db import transaction
+from django.db import connection, transaction
 from procrastinate.contrib.django.models import ProcrastinateJob
 
 from attentive_sync.delivery import forward
@@ -64,3 +64,31 @@ def test_an_event_type_switched_off_is_not_forwarded():
     assert forward(an_event()) is None
     assert forward(an_event("evt-2", type_="loyalty.tier_changed")).created
     assert list(Delivery.objects.values_list("event_type", flat=True)) == ["loyalty.tier_changed"]
+
+
+def test_saving_the_settings_never_double_encrypts_a_key_it_cannot_read(settings):
+    from attentive_sync.models import AttentiveSettings as Model
+
+    stored = Model.load()
+    stored.api_key = "sk_live_ORIGINAL_9999"
+    stored.save()
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT api_key FROM attentive_sync_attentivesettings")
+        (ciphertext,) = cursor.fetchone()
+    field = Model._meta.get_field("api_key")
+    try:
+        # The deployment lost its keys: the stored key reads back as the ciphertext.
+        settings.SALT_KEY = ["a-new-salt"]
+        field.__dict__.pop("keys", None), field.__dict__.pop("f", None)
+        unreadable = Model.load()
+        unreadable.enabled = True
+        assert unreadable.api_key_unreadable and "cannot be decrypted" in unreadable.sending_blocker()
+        unreadable.save()
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT api_key, enabled FROM attentive_sync_attentivesettings")
+            assert cursor.fetchone() == (ciphertext, True)
+    finally:
+        field.__dict__.pop("keys", None), field.__dict__.pop("f", None)
+    settings.SALT_KEY = ["sparkfly-attentive-portal"]
+    field.__dict__.pop("keys", None), field.__dict__.pop("f", None)
+    assert Model.load().key == "sk_live_ORIGINAL_9999"
