@@ -108,7 +108,8 @@ class Fault:
     The first ``after`` matching requests pass through untouched; the next ``times`` get
     ``status``/``body``/``content_type`` verbatim (the body may be deliberately broken JSON),
     ``delay`` seconds late (a slow Attentive, for read timeouts), or, with ``drop``, no answer at
-    all: the connection is closed after the delay (a dropped connection).
+    all: the connection is closed after the delay (a dropped connection). A faulted request
+    never reaches the API: it is not authenticated, rate-limited or recorded.
     """
 
     path_prefix: str
@@ -943,13 +944,15 @@ def serve_forever(
     port: int = 8200,
     *,
     ready: Callable[[str], None] | None = None,
+    access_log: bool = True,
 ) -> None:
     """Serve ``sandbox`` in this thread until Ctrl-C (werkzeug then closes the socket quietly).
 
     ``ready`` gets the base URL once the port is bound (werkzeug exits with a message if the
-    port is taken), so nothing announces a URL that is not being served.
+    port is taken), so nothing announces a URL that is not being served. ``access_log=False``
+    drops werkzeug's line per request, which costs a benchmark sending hundreds a second.
     """
-    server = _Server(host, port, sandbox)
+    server = _Server(host, port, sandbox, handler=None if access_log else _QuietRequestHandler)
     if ready is not None:
         ready(f"http://{server.host}:{server.port}")
     server.serve_forever()

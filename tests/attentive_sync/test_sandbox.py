@@ -860,9 +860,10 @@ def test_the_command_serves_until_ctrl_c():
         rest, _ = process.communicate(timeout=10)
 
     assert announced[0].startswith("Attentive sandbox on http://127.0.0.1:") and "(API key: k3y)" in announced[0]
-    assert "7/s per endpoint, fail rate 0, latency 1 ms, seed 3" in announced[1]
+    assert announced[1].startswith("rate limit 7/s (identity and subscribe 10/s, unsubscribe 5/s), fail rate 0, latency 1 ms, seed 3.")
     assert answer.status_code == 200 and _limits(answer) == (7, 6)
     assert process.returncode == 0 and "Attentive sandbox stopped." in rest
+    assert "GET /v1/me" not in rest  # the access log is -v 2's
 
 
 def test_the_command_refuses_bad_arguments():

@@ -11,7 +11,10 @@ from attentive_sync.sandbox import DEFAULT_RATE_LIMIT, AttentiveSandbox, serve_f
 
 
 class Command(BaseCommand):
-    help = "Serve an in-memory simulator of Attentive's v1 REST API over HTTP."
+    help = (
+        "Serve an in-memory simulator of Attentive's v1 REST API over HTTP. "
+        "-v 2 logs every request (off by default: it slows a benchmark down)."
+    )
 
     def add_arguments(self, parser):
         parser.add_argument("--host", default="127.0.0.1")
@@ -34,10 +37,11 @@ class Command(BaseCommand):
             raise CommandError(str(exc)) from exc
 
         def announce(base_url: str) -> None:
-            limits = f"{rate_limit}/s per endpoint" if rate_limit else "no rate limit"
+            limits = f"rate limit {rate_limit}/s (identity and subscribe 10/s, unsubscribe 5/s)" if rate_limit else "no rate limit"
             self.stdout.write(f"Attentive sandbox on {base_url}  (API key: {api_key})")
             self.stdout.write(f"{limits}, fail rate {fail_rate:g}, latency {latency_ms:g} ms, seed {seed}. Ctrl-C stops it.")
             self.stdout.flush()
 
-        serve_forever(sandbox, host, port, ready=announce)  # werkzeug handles Ctrl-C and closes the port
+        # werkzeug handles Ctrl-C and closes the port.
+        serve_forever(sandbox, host, port, ready=announce, access_log=options["verbosity"] >= 2)
         self.stdout.write("Attentive sandbox stopped.")
