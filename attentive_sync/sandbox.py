@@ -660,6 +660,8 @@ class AttentiveSandbox:
         return response, delay
 
     def _answer(self, request: Request) -> Response:
+        """An API request's answer, checked in the order a gateway would: route (404/405), key
+        (401), rate limit (429), validation (400/415), ``fail_rate`` (500), then the operation."""
         try:
             rule, _ = self._urls.match(request.path, method=request.method, return_rule=True)
         except NotFound:
