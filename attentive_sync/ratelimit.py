@@ -33,6 +33,27 @@ def limiter_key(api_key: str, endpoint: str) -> str:
     return f"attentive:{digest}:{endpoint}"
 
 
+_RESERVE_MANY = f"""
+INSERT INTO {RateLimitState._meta.db_table} AS state (key, theoretical_arrival)
+VALUES (%(key)s, clock_timestamp() + %(span)s * interval '1 second')
+ON CONFLICT (key) DO UPDATE
+SET theoretical_arrival = GREATEST(state.theoretical_arrival, clock_timestamp()) + %(span)s * interval '1 second'
+RETURNING EXTRACT(EPOCH FROM theoretical_arrival - clock_timestamp())::float8 - %(span)s
+"""
+
+
+def reserve_many(key: str, count: int, *, per_second: float) -> list[float]:
+    """Reserve ``count`` consecutive slots in one statement (a batch of sends); return the
+    seconds to wait before each. Same rules as ``reserve``: outside any transaction."""
+    if connection.in_atomic_block:
+        raise RuntimeError("reserve_many() must not run inside a transaction: it would serialise every worker")
+    interval = 1.0 / per_second
+    with connection.cursor() as cursor:
+        cursor.execute(_RESERVE_MANY, {"key": key, "span": interval * count})
+        (first,) = cursor.fetchone()
+    return [max(0.0, first + index * interval) for index in range(count)]
+
+
 def reserve(key: str, *, per_second: float, burst: int = 1) -> float:
     """Reserve the next request slot under ``key``; return the seconds to wait before sending."""
     return reserve_slot(key, per_second=per_second, burst=burst)[1]
