@@ -34,9 +34,8 @@ from attentive_sync.client import (
 )
 from attentive_sync.sandbox import AttentiveSandbox, serve_in_thread
 
-# Attentive's published v1 spec, [OAS1] in reference/attentive-api.md (the project's shared
-# reference; tests/sparkfly_sync/test_events.py reads it from the same place).
-SPEC_PATH = Path("/work/shared/reference/openapi/attentive-v1.json")
+# Attentive's published v1 spec, [OAS1] in reference/attentive-api.md, vendored verbatim.
+SPEC_PATH = Path(__file__).resolve().parents[1] / "fixtures" / "openapi" / "attentive-v1.json"
 SPEC_HOST = "https://api.attentivemobile.com"  # the spec's server is SPEC_HOST + "/v1"
 # The operation that accepted each kind of body the sandbox records.
 RECEIVED_OPERATIONS = {
