@@ -1664,13 +1664,17 @@ def serve_forever(
     port: int = 8100,
     *,
     ready: Callable[[str], None] | None = None,
+    access_log: bool = True,
 ) -> None:
     """Serve ``sandbox`` in this thread until Ctrl-C (werkzeug then closes the socket quietly).
 
     ``ready`` gets the base URL once the port is bound (werkzeug exits with a message if the
-    port is taken), so nothing announces a URL that is not being served.
+    port is taken), so nothing announces a URL that is not being served. ``access_log=False``
+    drops werkzeug's line per request (werkzeug logs them whatever LOG_LEVEL says).
     """
-    server = make_server(host, port, sandbox, threaded=True)
+    server = make_server(
+        host, port, sandbox, threaded=True, request_handler=None if access_log else _QuietRequestHandler
+    )
     if ready is not None:
         ready(f"http://{server.host}:{server.port}")
     server.serve_forever()

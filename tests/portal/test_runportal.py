@@ -16,6 +16,7 @@ import requests
 from django.contrib.auth import get_user_model
 
 from portal.management.commands.runportal import _ensure_demo_admin
+from attentive_sync.models import AttentiveSettings
 from sparkfly_sync.models import Member
 from tests.conftest import database_url_for_subprocess
 
@@ -47,7 +48,7 @@ def answers(url: str) -> requests.Response | None:
 
 @pytest.mark.django_db(transaction=True)
 def test_runportal_serves_the_whole_portal_and_stops_everything_on_ctrl_c(tmp_path):
-    port, sandbox_port = free_port(), free_port()
+    port, sandbox_port, attentive_port = free_port(), free_port(), free_port()
     env = {
         **os.environ,
         "DEBUG": "true",
@@ -55,6 +56,7 @@ def test_runportal_serves_the_whole_portal_and_stops_everything_on_ctrl_c(tmp_pa
         "DATABASE_URL": database_url_for_subprocess("runportal-under-test"),
         "PORT": str(port),
         "SANDBOX_PORT": str(sandbox_port),
+        "ATTENTIVE_SANDBOX_PORT": str(attentive_port),
     }
     launcher = subprocess.Popen(
         [sys.executable, str(ROOT / "manage.py"), "runportal", "--sandbox-members", "120"],
@@ -68,6 +70,10 @@ def test_runportal_serves_the_whole_portal_and_stops_everything_on_ctrl_c(tmp_pa
         health = wait_for(lambda: (r := answers(f"{base}/healthz")) is not None and r.status_code == 200 and r, 90, "/healthz 200")
         assert health.json()["checks"]["worker"]["ok"]
         assert answers(f"http://127.0.0.1:{sandbox_port}/auth").status_code == 401  # the sandbox is up
+        # No Attentive key was configured: the Attentive sandbox runs and the settings use it.
+        assert answers(f"http://127.0.0.1:{attentive_port}/_sandbox/received").status_code == 200
+        attentive = AttentiveSettings.load()
+        assert (attentive.api_url, attentive.key, attentive.enabled) == (f"http://127.0.0.1:{attentive_port}", "sandbox", True)
         login = (tmp_path / "demo-admin.txt").read_text().strip()
         username, password = re.fullmatch(r"(\S+) / (\S+)", login).groups()
         session = requests.Session()
@@ -84,6 +90,7 @@ def test_runportal_serves_the_whole_portal_and_stops_everything_on_ctrl_c(tmp_pa
         output, _ = launcher.communicate(timeout=30)
     assert f"admin       {base}/admin/   login: {login}" in output
     assert answers(f"{base}/healthz") is None and answers(f"http://127.0.0.1:{sandbox_port}/auth") is None
+    assert answers(f"http://127.0.0.1:{attentive_port}/_sandbox/received") is None
 
 
 @pytest.mark.django_db
@@ -93,3 +100,14 @@ def test_an_existing_admin_account_is_never_taken_over(tmp_path):
     user.refresh_from_db()
     assert user.check_password("the-owners-password") and not user.is_superuser
     assert "existing account" in login and not (tmp_path / "demo-admin.txt").exists()
+
+
+@pytest.mark.django_db
+def test_a_real_attentive_configuration_is_never_replaced_by_the_sandbox():
+    from portal.management.commands.runportal import _attentive_is_unconfigured_or_a_sandbox
+
+    settings = AttentiveSettings.load()
+    assert _attentive_is_unconfigured_or_a_sandbox()  # nothing configured yet
+    settings.api_key, settings.api_url = "sk_live_REAL", "https://api.attentivemobile.com"
+    settings.save()
+    assert not _attentive_is_unconfigured_or_a_sandbox()

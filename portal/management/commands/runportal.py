@@ -32,20 +32,24 @@ class Command(BaseCommand):
         parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
         parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
         parser.add_argument("--sandbox-port", type=int, default=int(os.environ.get("SANDBOX_PORT", "8100")))
+        parser.add_argument(
+            "--attentive-sandbox-port", type=int, default=int(os.environ.get("ATTENTIVE_SANDBOX_PORT", "8200"))
+        )
         parser.add_argument("--sandbox-members", type=int, default=2000, help="members the sandbox is seeded with")
 
-    def handle(self, *args, host, port, sandbox_port, sandbox_members, **options):
+    def handle(self, *args, host, port, sandbox_port, attentive_sandbox_port, sandbox_members, **options):
         if not settings.DEBUG:
             raise CommandError(
                 "runportal is for a developer's machine (it creates a demo administrator); "
                 "set DEBUG=true, or run the web server and workers as a deployment does."
             )
         use_sandbox = not (settings.SPARKFLY_IDENTITY and settings.SPARKFLY_KEY)
-        ports = [port] + ([sandbox_port] if use_sandbox else [])
+        call_command("migrate", interactive=False, verbosity=0)
+        use_attentive_sandbox = _attentive_is_unconfigured_or_a_sandbox()
+        ports = [port] + ([sandbox_port] if use_sandbox else []) + ([attentive_sandbox_port] if use_attentive_sandbox else [])
         for busy in [p for p in ports if _port_in_use(host, p)]:
             raise CommandError(f"port {busy} is already in use; stop what uses it or pick another with PORT / SANDBOX_PORT")
 
-        call_command("migrate", interactive=False, verbosity=0)
         login = _ensure_demo_admin(Path(settings.DATA_DIR) / "demo-admin.txt")
 
         env = dict(os.environ)
@@ -57,14 +61,16 @@ class Command(BaseCommand):
             processes["sandbox"] = manage + [
                 "sparkfly_sandbox", "--host", "127.0.0.1", "--port", str(sandbox_port), "--members", str(sandbox_members)
             ]
+        if use_attentive_sandbox:
+            attentive_url = f"http://127.0.0.1:{attentive_sandbox_port}"
+            _point_attentive_at(attentive_url)
+            processes["attentive sandbox"] = manage + [
+                "attentive_sandbox", "--host", "127.0.0.1", "--port", str(attentive_sandbox_port)
+            ]
         processes["web"] = manage + ["runserver", f"{host}:{port}"]
         processes["worker"] = manage + ["procrastinate", "worker"]
 
-        # The sandbox's per-request access log would drown the portal's own output.
-        child_env = {"sandbox": {**env, "LOG_LEVEL": "WARNING"}}
-        children = {
-            name: subprocess.Popen(command, env=child_env.get(name, env)) for name, command in processes.items()
-        }
+        children = {name: subprocess.Popen(command, env=env) for name, command in processes.items()}
         base = f"http://{host}:{port}"
         self.stdout.write(self.style.SUCCESS("\nThe portal is starting:"))
         self.stdout.write(f"  portal      {base}/")
@@ -73,10 +79,18 @@ class Command(BaseCommand):
         if use_sandbox:
             self.stdout.write(f"  sandbox     {sandbox_url}  (Sparkfly simulator, identity/key sandbox/sandbox)")
             self.stdout.write("  The worker mirrors the sandbox within a minute; `manage.py sync_sparkfly` does it now.")
+        if use_attentive_sandbox:
+            self.stdout.write(
+                f"  attentive   {attentive_url}  (Attentive simulator; what it received: {attentive_url}/_sandbox/received)"
+            )
         self.stdout.write("Press Ctrl-C to stop everything.\n")
         self._watch(children)
 
     def _watch(self, children: dict[str, subprocess.Popen]) -> None:
+        # Explicit handlers: a process started with SIGINT ignored (a background job of a
+        # non-interactive shell) would otherwise not stop on Ctrl-C; SIGTERM stops it too.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, _interrupt)
         try:
             while True:
                 for name, child in children.items():
@@ -87,6 +101,27 @@ class Command(BaseCommand):
             self.stdout.write("\nstopping…")
         finally:
             _stop_all(children.values())
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _attentive_is_unconfigured_or_a_sandbox() -> bool:
+    """No Attentive key yet, or the settings point at a local sandbox: run one for them. A real
+    configuration (any other URL) is never touched."""
+    from attentive_sync.models import AttentiveSettings
+
+    current = AttentiveSettings.load()
+    return not current.key or current.api_url.startswith("http://127.0.0.1:")
+
+
+def _point_attentive_at(url: str) -> None:
+    from attentive_sync.models import AttentiveSettings
+
+    current = AttentiveSettings.load()
+    current.api_key, current.api_url, current.enabled = "sandbox", url, True
+    current.save()
 
 
 def _port_in_use(host: str, port: int) -> bool:

@@ -38,7 +38,7 @@ class Command(BaseCommand):
                 identity=identity, key=key, members=members, offers=offers,
                 channels=channels, merchants=merchants, seed=seed,
             )
-            serve_forever(sandbox, host, port, ready=announce)
+            serve_forever(sandbox, host, port, ready=announce, access_log=options["verbosity"] >= 2)
         except KeyboardInterrupt:  # Ctrl-C while seeding; once serving, werkzeug handles it
             pass
         self.stdout.write("Sparkfly sandbox stopped.")
