@@ -111,13 +111,29 @@ def forward(event: CustomEvent) -> ForwardResult | None:
     return ForwardResult(delivery, created=True)
 
 
+def _job_lock(delivery_pk: int) -> str:
+    return f"delivery:{delivery_pk}"
+
+
+def _drop_waiting_jobs(delivery_pks: list[int]) -> None:
+    """Delete the waiting jobs of deliveries a batch has taken over (as procrastinate's own
+    cancel does for a job not started). Left in the queue they would run as no-ops, and a
+    backlog of them slows every worker's job fetching."""
+    with connection.cursor() as cursor:
+        # procrastinate's Django models are read-only, hence SQL on its jobs table.
+        cursor.execute(
+            "DELETE FROM procrastinate_jobs WHERE status = 'todo' AND queueing_lock = ANY(%s)",
+            [[_job_lock(pk) for pk in delivery_pks]],
+        )
+
+
 def _queue(delivery: Delivery, *, at: datetime | None = None) -> None:
     """Make the delivery's one waiting job run at ``at`` (default now), on the current
     transaction: defer a job, or — when one already waits (the queueing lock refuses a
     second) — move that job to ``at``, so "retry now" means now and a retry keeps its backoff."""
     from attentive_sync.tasks import deliver_event
 
-    lock = f"delivery:{delivery.pk}"
+    lock = _job_lock(delivery.pk)
     try:
         with transaction.atomic():
             deliver_event.configure(queueing_lock=lock, schedule_at=at).defer(delivery_id=delivery.pk)
@@ -210,8 +226,9 @@ def _send_batch(first: int | None, settings, policy, factory, sleep, batch_size:
 
 def _claim(first: int | None, settings, batch_size: int) -> list[Delivery]:
     """Lease due deliveries to this worker: their next attempt moves to the lease's end, so no
-    other worker takes them while they are sent outside any transaction. A worker that dies
-    mid-send lets the lease run out, and they are tried again (same externalEventId)."""
+    other worker takes them while they are sent outside any transaction, and their own
+    waiting jobs are dropped. A worker that dies mid-send lets the lease run out; the sweeper
+    then queues them again (same externalEventId)."""
     with transaction.atomic():
         now = timezone.now()
         due = Q(status__in=[Delivery.Status.PENDING, Delivery.Status.FAILED]) & (
@@ -231,6 +248,7 @@ def _claim(first: int | None, settings, batch_size: int) -> list[Delivery]:
             else:
                 claimed.append(delivery)
         Delivery.objects.filter(pk__in=[d.pk for d in claimed]).update(next_attempt_at=now + SEND_LEASE)
+        _drop_waiting_jobs([d.pk for d in claimed])
     return claimed
 
 

@@ -249,3 +249,14 @@ def test_the_api_key_never_reaches_logs_errors_or_the_database_in_clear(attentiv
         (stored,) = cursor.fetchone()
     assert API_KEY not in stored and AttentiveSettings.load().key == API_KEY
     assert API_KEY not in repr(AttentiveClient(api_key=API_KEY))
+
+
+def test_a_batch_sends_other_due_deliveries_and_drops_their_waiting_jobs(attentive, sandbox):
+    deliveries = [recorded(f"evt-{i}") for i in range(5)]
+    assert jobs_waiting().count() == 5
+    deliver(deliveries[2].pk, policy=NO_WAIT)
+    assert set(Delivery.objects.values_list("status", flat=True)) == {"delivered"}
+    assert sandbox.sandbox.events()[0]["body"]["externalEventId"] == "evt-2"  # its own first
+    assert len(sandbox.sandbox.events()) == 5 and sandbox.sandbox.duplicate_external_event_ids() == {}
+    # The job running this batch is not "waiting"; the other four were, and are gone.
+    assert jobs_waiting().exclude(args={"delivery_id": deliveries[2].pk}).count() == 0
