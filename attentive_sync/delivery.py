@@ -158,8 +158,11 @@ DRAIN_SECONDS = 10.0
 # A claimed batch is the claiming worker's for this long (sending it takes seconds at most:
 # the rate limit's wait plus a 10 s total timeout per request).
 SEND_LEASE = timedelta(minutes=2)
-# How late a send may leave after its rate-limit slot before the slot counts as missed.
-SLOT_TOLERANCE = 0.005
+# How late a send may leave after its rate-limit slot before the slot counts as missed (at
+# 140/s, sends then stay under 140 x (1 + 0.01) + 1 in any second).
+SLOT_TOLERANCE = 0.01
+# Shorter waits are not worth a sleep (the OS wakes us a millisecond late anyway).
+MIN_SLEEP = 0.001
 
 _send_pool = ThreadPoolExecutor(max_workers=SEND_THREADS, thread_name_prefix="attentive-send")
 # A send is released only when a pool thread is free to start it at once: a send queued
@@ -259,11 +262,11 @@ def _send_all(deliveries: list[Delivery], settings, factory, sleep) -> list[_Try
     holds only if each send leaves at its slot. This thread releases each send at its slot to
     a free pool thread (pool threads never wait: a send queued behind busy threads would
     leave late, bunched with the next ones). A releaser that has fallen behind (a busy CPU)
-    does not catch up in a burst over slots other workers now use: it reserves fresh slots for
-    the rest and leaves the missed ones unused."""
+    does not catch up in a burst over slots other workers now use: it skips the slots it
+    missed, and reserves fresh ones only when all it holds have passed."""
     key = ratelimit.limiter_key(settings.key, CUSTOM_EVENTS_PATH)
     interval = 1.0 / settings.rate_limit_per_second
-    tolerance = max(SLOT_TOLERANCE, 2 * interval)
+    tolerance = max(SLOT_TOLERANCE, interval)
 
     def send(delivery: Delivery) -> _Try:
         try:
@@ -286,13 +289,16 @@ def _send_all(deliveries: list[Delivery], settings, factory, sleep) -> list[_Try
                     key, len(deliveries) - index, per_second=settings.rate_limit_per_second
                 )]
             slot = slots.pop(0)
-            sleep(max(0.0, slot - time.monotonic()))
+            if (wait := slot - time.monotonic()) > MIN_SLEEP:
+                sleep(wait)
             _free_send_threads.acquire()
             if time.monotonic() <= slot + tolerance:
                 futures.append(_send_pool.submit(send, delivery))
                 break
+            # Missed this slot (a busy CPU): skip it, never send late into the next one's time.
             _free_send_threads.release()
-            slots = []  # too late for the slots reserved: reserve again for what is left
+            while slots and slots[0] + tolerance < time.monotonic():
+                slots.pop(0)
     return [future.result() for future in futures]
 
 
@@ -348,10 +354,30 @@ def _record(deliveries: list[Delivery], tries: list[_Try], settings, policy: Ret
         )
         if outcome != DeliveryAttempt.Outcome.DELIVERED:
             logger.warning("delivery %s (%s): %s → %s", delivery.pk, delivery.external_event_id, error, outcome)
-    Delivery.objects.bulk_update(deliveries, ["attempts", "status", "delivered_at", "next_attempt_at", "last_error"])
+    _save_outcomes(deliveries)
     DeliveryAttempt.objects.bulk_create(attempts)
     for delivery in retries:
         _queue(delivery, at=delivery.next_attempt_at)
+
+
+_SAVE_OUTCOMES = f"""
+UPDATE {Delivery._meta.db_table} AS delivery
+SET attempts = outcome.attempts, status = outcome.status, delivered_at = outcome.delivered_at,
+    next_attempt_at = outcome.next_attempt_at, last_error = outcome.last_error
+FROM unnest(%s::bigint[], %s::integer[], %s::text[], %s::timestamptz[], %s::timestamptz[], %s::text[])
+    AS outcome (id, attempts, status, delivered_at, next_attempt_at, last_error)
+WHERE delivery.id = outcome.id
+"""
+
+
+def _save_outcomes(deliveries: list[Delivery]) -> None:
+    """One UPDATE for a whole batch (Django's bulk_update builds a CASE per row and field:
+    measured at 2 ms of CPU per delivery, half the worker's cost)."""
+    columns = zip(
+        *((d.pk, d.attempts, d.status, d.delivered_at, d.next_attempt_at, d.last_error) for d in deliveries)
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(_SAVE_OUTCOMES, [list(column) for column in columns])
 
 
 def _deadline(delivery: Delivery, settings: AttentiveSettings) -> datetime:

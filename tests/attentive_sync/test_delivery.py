@@ -254,9 +254,11 @@ def test_the_api_key_never_reaches_logs_errors_or_the_database_in_clear(attentiv
 def test_a_batch_sends_other_due_deliveries_and_drops_their_waiting_jobs(attentive, sandbox):
     deliveries = [recorded(f"evt-{i}") for i in range(5)]
     assert jobs_waiting().count() == 5
-    deliver(deliveries[2].pk, policy=NO_WAIT)
+    # One-delivery batches make the claim order visible at the sandbox (a batch sends at once).
+    deliver(deliveries[2].pk, policy=NO_WAIT, batch_size=1)
     assert set(Delivery.objects.values_list("status", flat=True)) == {"delivered"}
-    assert sandbox.sandbox.events()[0]["body"]["externalEventId"] == "evt-2"  # its own first
-    assert len(sandbox.sandbox.events()) == 5 and sandbox.sandbox.duplicate_external_event_ids() == {}
+    sent = [event["body"]["externalEventId"] for event in sandbox.sandbox.events()]
+    assert sent == ["evt-2", "evt-0", "evt-1", "evt-3", "evt-4"]  # its own first, then the oldest
+    assert sandbox.sandbox.duplicate_external_event_ids() == {}
     # The job running this batch is not "waiting"; the other four were, and are gone.
     assert jobs_waiting().exclude(args={"delivery_id": deliveries[2].pk}).count() == 0
