@@ -38,8 +38,10 @@ from typing import Any, NamedTuple
 
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 from werkzeug.routing import Map, Rule
-from werkzeug.serving import ThreadedWSGIServer, WSGIRequestHandler
 from werkzeug.wrappers import Request, Response
+
+from portal import loopback
+from portal.loopback import SandboxServer
 
 from attentive_sync.client import (
     CUSTOM_ATTRIBUTES_PATH,
@@ -899,45 +901,9 @@ def _selects(selector: dict, sub_type: str, channel: str) -> bool:
 # ================================================================================================
 
 
-class _QuietRequestHandler(WSGIRequestHandler):
-    """No access-log line per request: tests and benchmarks make thousands."""
-
-    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
-        pass
-
-
-class _Server(ThreadedWSGIServer):
-    """werkzeug's threaded server with a deeper listen backlog: it closes the connection after
-    every response, so each request is a new connection, and several worker processes bursting
-    at once would overflow werkzeug's 128 (the kernel caps this at net.core.somaxconn)."""
-
-    request_queue_size = 1024
-
-
-class SandboxServer:
-    """A sandbox served by a background thread; ``shutdown()`` stops it and frees the port."""
-
-    def __init__(self, sandbox: AttentiveSandbox, server: _Server, thread: threading.Thread) -> None:
-        self.sandbox = sandbox
-        self._server = server
-        self._thread = thread
-        self.base_url = f"http://{server.host}:{server.port}"
-
-    def shutdown(self) -> None:
-        self._server.shutdown()
-        self._thread.join()
-        self._server.server_close()
-
-
 def serve_in_thread(sandbox: AttentiveSandbox, host: str = "127.0.0.1", port: int = 0) -> SandboxServer:
     """Serve ``sandbox`` on ``host:port`` (0 = a free port) from a daemon thread."""
-    server = _Server(host, port, sandbox, handler=_QuietRequestHandler)
-    # A short poll interval makes shutdown() return in ~50 ms instead of werkzeug's 0.5 s.
-    thread = threading.Thread(
-        target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="attentive-sandbox", daemon=True
-    )
-    thread.start()
-    return SandboxServer(sandbox, server, thread)
+    return loopback.serve_in_thread(sandbox, host, port, name="attentive-sandbox")
 
 
 def serve_forever(
@@ -948,16 +914,8 @@ def serve_forever(
     ready: Callable[[str], None] | None = None,
     access_log: bool = True,
 ) -> None:
-    """Serve ``sandbox`` in this thread until Ctrl-C (werkzeug then closes the socket quietly).
-
-    ``ready`` gets the base URL once the port is bound (werkzeug exits with a message if the
-    port is taken), so nothing announces a URL that is not being served. ``access_log=False``
-    drops werkzeug's line per request, which costs a benchmark sending hundreds a second.
-    """
-    server = _Server(host, port, sandbox, handler=None if access_log else _QuietRequestHandler)
-    if ready is not None:
-        ready(f"http://{server.host}:{server.port}")
-    server.serve_forever()
+    """Serve ``sandbox`` in this thread until Ctrl-C; see ``portal.loopback.serve_forever``."""
+    loopback.serve_forever(sandbox, host, port, ready=ready, access_log=access_log)
 
 
 __all__ = ["AttentiveSandbox", "Fault", "LoggedRequest", "SandboxServer", "serve_forever", "serve_in_thread"]

@@ -6,7 +6,8 @@
 (b) The sandbox is unlimited and answers in 5 ms; the limiter is opened up. Prints
     delivered/s: the headroom of the pipeline (goal >= 500/s on this 2-core machine).
 In the same run, the rate of procrastinate's own no-op jobs on the same workers is the
-reference ceiling. Workers are real `manage.py procrastinate worker` processes.
+reference: what one job per send could reach at most (why a job sends a batch).
+Workers are real `manage.py procrastinate worker` processes.
 """
 
 from __future__ import annotations
@@ -212,7 +213,7 @@ def main() -> None:
         ("(a) sandbox at 150/s, limiter at 140/s", f"{limited_rate:,.1f} delivered/s", f">= {GOAL_SHARE_OF_LIMIT * LIMITER_RATE:.0f}/s"),
         ("(a) 429 answers", f"{limited_429} of {limited_accepted + limited_429} ({share_429:.3%})", f"<= {GOAL_429_SHARE:.1%}"),
         ("(b) unlimited sandbox, 5 ms latency", f"{open_rate:,.0f} delivered/s", f">= {GOAL_HEADROOM}/s"),
-        ("reference: procrastinate no-op jobs", f"{reference:,.0f} jobs/s", "ceiling"),
+        ("reference: procrastinate no-op jobs", f"{reference:,.0f} jobs/s", "one job per send would be capped here"),
         ("delivered", f"{limited_delivered:,} + {open_delivered:,}", f"{args.deliveries:,} each"),
         ("events Attentive received twice", f"{limited_twice + open_twice}", "0"),
     ]

@@ -32,6 +32,7 @@ from attentive_sync.client import (
     SUBSCRIPTIONS_PATH,
     UNSUBSCRIBE_PATH,
 )
+from attentive_sync.models import AttentiveSettings
 from attentive_sync.sandbox import AttentiveSandbox, serve_in_thread
 
 # Attentive's published v1 spec, [OAS1] in reference/attentive-api.md, vendored verbatim.
@@ -164,3 +165,22 @@ def attentive_sandbox_factory(attentive_spec):
 def attentive_sandbox(attentive_sandbox_factory):
     """A fresh sandbox with the defaults: key "sandbox", 150 requests/s, no faults, no latency."""
     return attentive_sandbox_factory()
+
+
+@pytest.fixture
+def salts(settings):
+    """``salts([...])`` switches FIELD_ENCRYPTION_SALTS (settings.SALT_KEY). The encrypted field
+    derives its keys once per process (cached properties on the field instance): drop them so
+    the next read or write derives them from the new salts, and again afterwards."""
+    field = AttentiveSettings._meta.get_field("api_key")
+
+    def forget_derived_keys():
+        for cached in ("keys", "f"):
+            field.__dict__.pop(cached, None)
+
+    def use(values: list[str]) -> None:
+        settings.SALT_KEY = values
+        forget_derived_keys()
+
+    yield use
+    forget_derived_keys()  # the settings fixture then restores SALT_KEY; the next use derives anew

@@ -24,7 +24,6 @@ from procrastinate.contrib.django.models import ProcrastinateJob
 from attentive_sync import registry
 from attentive_sync.client import ME_PATH
 from attentive_sync.models import AttentiveSettings, Delivery, DeliveryAttempt
-from tests.attentive_sync.test_settings_command import salts  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.django_db
 

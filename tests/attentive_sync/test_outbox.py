@@ -66,29 +66,20 @@ def test_an_event_type_switched_off_is_not_forwarded():
     assert list(Delivery.objects.values_list("event_type", flat=True)) == ["loyalty.tier_changed"]
 
 
-def test_saving_the_settings_never_double_encrypts_a_key_it_cannot_read(settings):
-    from attentive_sync.models import AttentiveSettings as Model
-
-    stored = Model.load()
+def test_saving_the_settings_never_double_encrypts_a_key_it_cannot_read(salts):
+    stored = AttentiveSettings.load()
     stored.api_key = "sk_live_ORIGINAL_9999"
     stored.save()
     with connection.cursor() as cursor:
         cursor.execute("SELECT api_key FROM attentive_sync_attentivesettings")
         (ciphertext,) = cursor.fetchone()
-    field = Model._meta.get_field("api_key")
-    try:
-        # The deployment lost its keys: the stored key reads back as the ciphertext.
-        settings.SALT_KEY = ["a-new-salt"]
-        field.__dict__.pop("keys", None), field.__dict__.pop("f", None)
-        unreadable = Model.load()
-        unreadable.enabled = True
-        assert unreadable.api_key_unreadable and "cannot be decrypted" in unreadable.sending_blocker()
-        unreadable.save()
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT api_key, enabled FROM attentive_sync_attentivesettings")
-            assert cursor.fetchone() == (ciphertext, True)
-    finally:
-        field.__dict__.pop("keys", None), field.__dict__.pop("f", None)
-    settings.SALT_KEY = ["sparkfly-attentive-portal"]
-    field.__dict__.pop("keys", None), field.__dict__.pop("f", None)
-    assert Model.load().key == "sk_live_ORIGINAL_9999"
+    salts(["a-new-salt"])  # the deployment lost its keys: the stored key reads back as ciphertext
+    unreadable = AttentiveSettings.load()
+    unreadable.enabled = True
+    assert unreadable.api_key_unreadable and "cannot be decrypted" in unreadable.sending_blocker()
+    unreadable.save()
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT api_key, enabled FROM attentive_sync_attentivesettings")
+        assert cursor.fetchone() == (ciphertext, True)
+    salts(["sparkfly-attentive-portal"])  # the old salt is back: the key was never lost
+    assert AttentiveSettings.load().key == "sk_live_ORIGINAL_9999"

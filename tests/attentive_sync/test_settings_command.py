@@ -19,25 +19,6 @@ pytestmark = pytest.mark.django_db
 KEY = "sk_live_UNIQUE123456"
 
 
-@pytest.fixture
-def salts(settings):
-    """``salts([...])`` switches FIELD_ENCRYPTION_SALTS (settings.SALT_KEY). The encrypted field
-    derives its keys once per process (cached properties on the field instance): drop them so
-    the next read or write derives them from the new salts, and again afterwards."""
-    field = AttentiveSettings._meta.get_field("api_key")
-
-    def forget_derived_keys():
-        for cached in ("keys", "f"):
-            field.__dict__.pop(cached, None)
-
-    def use(values: list[str]) -> None:
-        settings.SALT_KEY = values
-        forget_derived_keys()
-
-    yield use
-    forget_derived_keys()  # the settings fixture then restores SALT_KEY; the next use derives anew
-
-
 def run(*args, stdin: str | None = None) -> str:
     out = io.StringIO()
     options = {"stdout": out, "stderr": out}
