@@ -26,6 +26,7 @@ test: setup
 
 bench: setup
 	$(BIN)/python benchmarks/sync.py
+	$(BIN)/python benchmarks/drain.py
 
 stop-db: setup
 	$(BIN)/python manage.py embedded_db stop
