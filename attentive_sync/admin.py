@@ -402,18 +402,31 @@ class DeliveryAdmin(admin.ModelAdmin):
         return None
 
     def _replay_confirmation(self, request, selected: int, delivered: int, max_age: str) -> TemplateResponse:
-        # Posts back to the same URL (so the changelist's filters and search still apply)
-        # with the same selection, plus confirmed=yes.
+        already = ""
+        if delivered:
+            was = "was" if delivered == 1 else "were"
+            them = "it" if delivered == 1 else "them"
+            already = format_html(
+                "<strong>{} of them {} already delivered:</strong> Attentive receives {} a second time "
+                "and may trigger journeys again. ",
+                delivered,
+                was,
+                them,
+            )
         context = {
             **self.admin_site.each_context(request),
             "opts": self.opts,
             "title": "Confirm: replay",
-            "selected_count": selected,
-            "noun": model_ngettext(self.model, selected),
-            "delivered_count": delivered,
-            "max_age": max_age,
+            "question": f"Replay {selected} {model_ngettext(self.model, selected)} to Attentive?",
+            "detail": format_html(
+                "Each is sent again under its same external event id. {}Deliveries older than the maximum "
+                "event age ({}) are skipped.",
+                already,
+                max_age,
+            ),
+            "action": "replay",
             "checkbox_name": helpers.ACTION_CHECKBOX_NAME,
             "selected": request.POST.getlist(helpers.ACTION_CHECKBOX_NAME),
             "select_across": request.POST.get("select_across", "0"),
         }
-        return TemplateResponse(request, "admin/attentive_sync/delivery/replay_confirmation.html", context)
+        return TemplateResponse(request, "admin/action_confirmation.html", context)

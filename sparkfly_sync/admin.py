@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import json
-from functools import cache
 from urllib.parse import urlsplit
 
 from django.conf import settings
@@ -24,7 +23,6 @@ from django.contrib.admin.utils import model_ngettext
 from django.contrib.auth import get_permission_codename
 from django.core.exceptions import ImproperlyConfigured, ObjectDoesNotExist
 from django.db.models import Q
-from django.template import engines
 from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils import formats, timezone
@@ -187,35 +185,6 @@ def presence_filter(field_name: str) -> type[PresenceFilter]:
     )
 
 
-CONFIRMATION_TEMPLATE = """{% extends "admin/base_site.html" %}
-{% load admin_urls static %}
-{% block extrahead %}{{ block.super }}<script src="{% static 'admin/js/cancel.js' %}" async></script>{% endblock %}
-{% block bodyclass %}{{ block.super }} app-{{ opts.app_label }} model-{{ opts.model_name }}{% endblock %}
-{% block breadcrumbs %}<div class="breadcrumbs">
-<a href="{% url 'admin:index' %}">Home</a>
-&rsaquo; <a href="{% url 'admin:app_list' app_label=opts.app_label %}">{{ opts.app_config.verbose_name }}</a>
-&rsaquo; <a href="{% url opts|admin_urlname:'changelist' %}">{{ opts.verbose_name_plural|capfirst }}</a>
-&rsaquo; {{ title }}</div>{% endblock %}
-{% block content %}
-<p><strong>{{ question }}</strong></p>
-<p>{{ detail }}</p>
-<form method="post">{% csrf_token %}<div>
-{% for value in selected %}<input type="hidden" name="{{ checkbox_name }}" value="{{ value }}">{% endfor %}
-<input type="hidden" name="select_across" value="{{ select_across }}">
-<input type="hidden" name="action" value="{{ action }}">
-<input type="hidden" name="confirmed" value="yes">
-<input type="submit" value="Confirm">
-<a href="#" class="button cancel-link">No, take me back</a>
-</div></form>
-{% endblock %}"""
-
-
-@cache
-def _confirmation_template():
-    # Inline, so the whole admin lives in this module; compiled once per process.
-    return engines["django"].from_string(CONFIRMATION_TEMPLATE)
-
-
 class SparkflyReadOnlyAdmin(admin.ModelAdmin):
     """What every page of this app shares: view-only, cheap on big tables, "Sync all"."""
 
@@ -285,8 +254,6 @@ class SparkflyReadOnlyAdmin(admin.ModelAdmin):
         return None
 
     def _confirmation(self, request, *, action: str, question: str, detail: str) -> TemplateResponse:
-        # Posts back to the same URL (so the changelist's filters and search still apply)
-        # with the same selection, plus confirmed=yes.
         context = {
             **self.admin_site.each_context(request),
             "opts": self.opts,
@@ -298,7 +265,7 @@ class SparkflyReadOnlyAdmin(admin.ModelAdmin):
             "selected": request.POST.getlist(helpers.ACTION_CHECKBOX_NAME),
             "select_across": request.POST.get("select_across", "0"),
         }
-        return TemplateResponse(request, _confirmation_template(), context)
+        return TemplateResponse(request, "admin/action_confirmation.html", context)
 
 
 def _confirmed(request) -> bool:
