@@ -13,6 +13,7 @@ import requests
 from urllib3.util import Timeout
 
 from attentive_sync.errors import (
+    AttentiveAuthError,
     AttentiveConnectionError,
     AttentiveError,
     AttentiveTimeout,
@@ -60,6 +61,12 @@ class AttentiveClient:
             response = self.session.request(
                 method, url, json=json_body, params=params, timeout=self.timeout, allow_redirects=False
             )
+        except UnicodeError:
+            # http.client refuses a header that is not Latin-1 (a key pasted with a stray "…" or
+            # zero-width space); `from None` keeps the key, which the exception holds, out of it.
+            raise AttentiveAuthError(
+                "The Attentive API key contains characters an HTTP header cannot carry; enter it again."
+            ) from None
         except requests.Timeout as exc:
             raise AttentiveTimeout(
                 f"Attentive did not answer {method} {path} within {self.total_timeout:g} s ({exc.__class__.__name__})."

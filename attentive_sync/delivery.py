@@ -159,8 +159,10 @@ DRAIN_SECONDS = 10.0
 # the rate limit's wait plus a 10 s total timeout per request).
 SEND_LEASE = timedelta(minutes=2)
 # How late a send may leave after its rate-limit slot before the slot counts as missed (at
-# 140/s, sends then stay under 140 x (1 + 0.01) + 1 in any second).
+# any rate r, sends then stay under r x 1.01 + 1 in any second).
 SLOT_TOLERANCE = 0.01
+# No send leaves in the last part of its batch's lease (a send can take 10 s).
+LEASE_MARGIN = timedelta(seconds=20)
 # Shorter waits are not worth a sleep (the OS wakes us a millisecond late anyway).
 MIN_SLEEP = 0.001
 
@@ -219,23 +221,26 @@ def deliver(
 def _send_batch(first: int | None, settings, policy, factory, sleep, batch_size: int) -> int:
     """Claim up to ``batch_size`` due deliveries (``first`` before the others), send them
     concurrently within the shared rate limit, record every try; return how many were claimed."""
-    claimed = _claim(first, settings, batch_size)
+    claimed, lease = _claim(first, settings, batch_size)
     if claimed:
-        tries = _send_all(claimed, settings, factory, sleep)
+        tries = _send_all(claimed, settings, factory, sleep, lease)
         with transaction.atomic():
-            _record(claimed, tries, settings, policy)
+            _record(claimed, tries, settings, policy, lease)
     return len(claimed)
 
 
-def _claim(first: int | None, settings, batch_size: int) -> list[Delivery]:
-    """Lease due deliveries to this worker: their next attempt moves to the lease's end, so no
-    other worker takes them while they are sent outside any transaction, and their own
-    waiting jobs are dropped. A worker that dies mid-send lets the lease run out; the sweeper
-    then queues them again (same externalEventId)."""
+def _claim(first: int | None, settings, batch_size: int) -> tuple[list[Delivery], datetime]:
+    """Lease due deliveries to this worker (``leased_until``): no other worker, retry or replay
+    takes them while they are sent outside any transaction, and their own waiting jobs are
+    dropped. A worker that dies mid-send lets the lease run out; the sweeper then queues them
+    again (same externalEventId)."""
     with transaction.atomic():
         now = timezone.now()
-        due = Q(status__in=[Delivery.Status.PENDING, Delivery.Status.FAILED]) & (
-            Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now)
+        lease = now + SEND_LEASE
+        due = (
+            Q(status__in=[Delivery.Status.PENDING, Delivery.Status.FAILED])
+            & (Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now))
+            & (Q(leased_until__isnull=True) | Q(leased_until__lte=now))
         )
         wanted = (Q(pk=first) & due) | due if first else due
         batch = list(
@@ -250,56 +255,67 @@ def _claim(first: int | None, settings, batch_size: int) -> list[Delivery]:
                 _mark_expired(delivery, settings)
             else:
                 claimed.append(delivery)
-        Delivery.objects.filter(pk__in=[d.pk for d in claimed]).update(next_attempt_at=now + SEND_LEASE)
+        Delivery.objects.filter(pk__in=[d.pk for d in claimed]).update(leased_until=lease)
         _drop_waiting_jobs([d.pk for d in claimed])
-    return claimed
+    return claimed, lease
 
 
-def _send_all(deliveries: list[Delivery], settings, factory, sleep) -> list[_Try]:
-    """POST each delivery's payload, each within ``SLOT_TOLERANCE`` of its own reserved slot.
+def _send_all(deliveries: list[Delivery], settings, factory, sleep, lease: datetime) -> list[_Try | None]:
+    """POST each delivery's payload, each within ``SLOT_TOLERANCE`` of its own reserved slot;
+    return each one's try, or None for one not sent (the lease or its age ran out first, or
+    the batch stopped on an error): those are handed back, never lost.
 
-    The shared limiter hands out slots one interval apart across every worker, so the rate
-    holds only if each send leaves at its slot. This thread releases each send at its slot to
-    a free pool thread (pool threads never wait: a send queued behind busy threads would
-    leave late, bunched with the next ones). A releaser that has fallen behind (a busy CPU)
-    does not catch up in a burst over slots other workers now use: it skips the slots it
-    missed, and reserves fresh ones only when all it holds have passed."""
+    This thread releases each send at its slot to a free pool thread (pool threads never
+    wait: a send queued behind busy threads would leave late, bunched with the next ones). A
+    releaser that has fallen behind (a busy CPU) does not catch up in a burst over slots
+    other workers now use: it skips the slots it missed, and reserves fresh ones only when
+    all it holds have passed."""
     key = ratelimit.limiter_key(settings.key, CUSTOM_EVENTS_PATH)
-    interval = 1.0 / settings.rate_limit_per_second
-    tolerance = max(SLOT_TOLERANCE, interval)
+    # Stop releasing well before the lease ends: after it, another worker may claim the rows.
+    send_until = lease - LEASE_MARGIN
 
     def send(delivery: Delivery) -> _Try:
+        started_at, clock = timezone.now(), time.perf_counter()
         try:
-            client = _thread_client(settings, factory)
-            started_at, clock = timezone.now(), time.perf_counter()
-            try:
-                response = client.post_custom_event(delivery.payload)
-            except AttentiveError as exc:
-                return _Try(started_at, (time.perf_counter() - clock) * 1000, exc.status, exc.body, exc)
-            return _Try(started_at, (time.perf_counter() - clock) * 1000, response.status_code, response.text)
+            response = _thread_client(settings, factory).post_custom_event(delivery.payload)
+        except AttentiveError as exc:
+            return _Try(started_at, (time.perf_counter() - clock) * 1000, exc.status, exc.body, exc)
+        except Exception as exc:  # a bug must cost a retry, not the whole batch's results
+            logger.exception("sending delivery %s failed unexpectedly", delivery.pk)
+            failure = AttentiveConnectionError(f"the send failed unexpectedly ({exc.__class__.__name__})")
+            return _Try(started_at, (time.perf_counter() - clock) * 1000, failure=failure)
         finally:
             _free_send_threads.release()
+        return _Try(started_at, (time.perf_counter() - clock) * 1000, response.status_code, response.text)
 
-    futures: list = []
+    futures: list = [None] * len(deliveries)
     slots: list[float] = []
-    for index, delivery in enumerate(deliveries):
-        while True:
-            if not slots:
-                slots = [time.monotonic() + wait for wait in ratelimit.reserve_many(
-                    key, len(deliveries) - index, per_second=settings.rate_limit_per_second
-                )]
-            slot = slots.pop(0)
-            if (wait := slot - time.monotonic()) > MIN_SLEEP:
-                sleep(wait)
-            _free_send_threads.acquire()
-            if time.monotonic() <= slot + tolerance:
-                futures.append(_send_pool.submit(send, delivery))
-                break
-            # Missed this slot (a busy CPU): skip it, never send late into the next one's time.
-            _free_send_threads.release()
-            while slots and slots[0] + tolerance < time.monotonic():
-                slots.pop(0)
-    return [future.result() for future in futures]
+    try:
+        for index, delivery in enumerate(deliveries):
+            while True:
+                if not slots:
+                    slots = [time.monotonic() + wait for wait in ratelimit.reserve_many(
+                        key, len(deliveries) - index, per_second=settings.rate_limit_per_second
+                    )]
+                slot = slots.pop(0)
+                if (wait := slot - time.monotonic()) > MIN_SLEEP:
+                    sleep(wait)
+                now = timezone.now()
+                if now >= send_until or _too_old(delivery, settings, now):
+                    break  # not sent: handed back (or expired) when the batch is recorded
+                _free_send_threads.acquire()
+                if time.monotonic() <= slot + SLOT_TOLERANCE:
+                    futures[index] = _send_pool.submit(send, delivery)
+                    break
+                # Missed this slot (a busy CPU): skip it, never send late into the next one's time.
+                _free_send_threads.release()
+                while slots and slots[0] + SLOT_TOLERANCE < time.monotonic():
+                    slots.pop(0)
+    except Exception:
+        # Whatever stopped the releasing (the limiter's database gone, say): what was sent is
+        # still recorded below, the rest handed back.
+        logger.exception("a delivery batch stopped releasing sends")
+    return [future.result() if future is not None else None for future in futures]
 
 
 def _thread_client(settings: AttentiveSettings, factory) -> AttentiveClient:
@@ -314,13 +330,33 @@ def _client_for(settings: AttentiveSettings) -> AttentiveClient:
     return AttentiveClient(api_key=settings.key, base_url=settings.api_url)
 
 
-def _record(deliveries: list[Delivery], tries: list[_Try], settings, policy: RetryPolicy) -> None:
-    """Apply each try's outcome: delivered, a retry scheduled, dead or expired; one attempt row each."""
-    attempts, retries = [], []
+def _record(deliveries: list[Delivery], tries: list[_Try | None], settings, policy: RetryPolicy, lease) -> None:
+    """Apply each try's outcome: delivered, a retry scheduled, dead or expired; one attempt row
+    each. Deliveries not sent are handed back (or expired). Only rows still under this
+    batch's lease are written: a batch that outlived its lease cannot overwrite another's."""
+    still_ours = set(
+        Delivery.objects.filter(pk__in=[d.pk for d in deliveries], leased_until=lease).values_list("pk", flat=True)
+    )
+    attempts, retries, handed_back, written = [], [], [], []
+    now = timezone.now()
     for delivery, attempt in zip(deliveries, tries):
+        if delivery.pk not in still_ours:
+            logger.warning("delivery %s outlived its lease; its result is not recorded", delivery.pk)
+            continue
+        delivery.leased_until = None
+        written.append(delivery)
+        if attempt is None:
+            if _too_old(delivery, settings, now):
+                delivery.status, delivery.next_attempt_at = Delivery.Status.EXPIRED, None
+                delivery.last_error = f"not sent: older than the maximum event age ({settings.max_event_age})"
+            else:
+                delivery.next_attempt_at = now
+                handed_back.append(delivery)
+            continue
         delivery.attempts += 1
         failure = attempt.failure
-        error = str(failure) if failure else ""
+        # PostgreSQL text cannot hold NUL characters, and an answer may contain them.
+        error = str(failure).replace("\x00", "") if failure else ""
         if failure is None:
             outcome = DeliveryAttempt.Outcome.DELIVERED
             delivery.status, delivery.delivered_at, delivery.next_attempt_at = Delivery.Status.DELIVERED, timezone.now(), None
@@ -347,23 +383,25 @@ def _record(deliveries: list[Delivery], tries: list[_Try], settings, policy: Ret
                 started_at=attempt.started_at,
                 duration_ms=attempt.duration_ms,
                 status_code=attempt.status_code,
-                response_body=(attempt.body or "")[:MAX_STORED_RESPONSE],
+                response_body=(attempt.body or "").replace("\x00", "")[:MAX_STORED_RESPONSE],
                 error=error,
                 outcome=outcome,
             )
         )
         if outcome != DeliveryAttempt.Outcome.DELIVERED:
             logger.warning("delivery %s (%s): %s → %s", delivery.pk, delivery.external_event_id, error, outcome)
-    _save_outcomes(deliveries)
+    _save_outcomes(written)
     DeliveryAttempt.objects.bulk_create(attempts)
     for delivery in retries:
         _queue(delivery, at=delivery.next_attempt_at)
+    for delivery in handed_back:
+        _queue(delivery)
 
 
 _SAVE_OUTCOMES = f"""
 UPDATE {Delivery._meta.db_table} AS delivery
 SET attempts = outcome.attempts, status = outcome.status, delivered_at = outcome.delivered_at,
-    next_attempt_at = outcome.next_attempt_at, last_error = outcome.last_error
+    next_attempt_at = outcome.next_attempt_at, last_error = outcome.last_error, leased_until = NULL
 FROM unnest(%s::bigint[], %s::integer[], %s::text[], %s::timestamptz[], %s::timestamptz[], %s::text[])
     AS outcome (id, attempts, status, delivered_at, next_attempt_at, last_error)
 WHERE delivery.id = outcome.id
@@ -373,6 +411,8 @@ WHERE delivery.id = outcome.id
 def _save_outcomes(deliveries: list[Delivery]) -> None:
     """One UPDATE for a whole batch (Django's bulk_update builds a CASE per row and field:
     measured at 2 ms of CPU per delivery, half the worker's cost)."""
+    if not deliveries:
+        return
     columns = zip(
         *((d.pk, d.attempts, d.status, d.delivered_at, d.next_attempt_at, d.last_error) for d in deliveries)
     )
@@ -450,7 +490,7 @@ def sweep(*, now: datetime | None = None) -> SweepResult:
         return SweepResult(expired=expired)
     overdue = waiting.filter(
         Q(next_attempt_at__lte=now - OVERDUE_AFTER) | Q(next_attempt_at__isnull=True, created_at__lte=now - OVERDUE_AFTER)
-    ).order_by("occurred_at")[:SWEEP_BATCH]
+    ).exclude(leased_until__gt=now).order_by("occurred_at")[:SWEEP_BATCH]
     requeued = 0
     with transaction.atomic():
         for delivery in overdue:
@@ -466,7 +506,8 @@ def retry_now(deliveries) -> int:
     """Queue an immediate try of each delivery that is still waiting (pending or failed)."""
     queued = 0
     with transaction.atomic():
-        for delivery in deliveries.select_for_update().exclude(status__in=Delivery.FINAL):
+        in_flight = Q(leased_until__gt=timezone.now())  # being sent right now: it will be recorded
+        for delivery in deliveries.select_for_update().exclude(status__in=Delivery.FINAL).exclude(in_flight):
             delivery.next_attempt_at = timezone.now()
             delivery.save(update_fields=["next_attempt_at"])
             _queue(delivery)
@@ -485,7 +526,7 @@ def replay(deliveries) -> int:
     now = timezone.now()
     replayed = 0
     with transaction.atomic():
-        for delivery in deliveries.select_for_update():
+        for delivery in deliveries.select_for_update().exclude(leased_until__gt=now):
             if _too_old(delivery, settings, now):
                 continue
             delivery.status, delivery.next_attempt_at, delivery.delivered_at = Delivery.Status.PENDING, now, None

@@ -6,6 +6,7 @@ values; ``forward()`` records and delivers them.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -89,6 +90,8 @@ def validation_problems(event: CustomEvent) -> list[str]:
         problems.append(f"type {event.type!r} contains characters Attentive forbids: {' '.join(bad)}")
     if not isinstance(event.properties, dict):
         problems.append("properties must be an object")
+    elif "\\u0000" in json.dumps(event.properties):
+        problems.append("properties contain a NUL character, which cannot be stored or sent")
     else:
         for key in event.properties:
             if bad := sorted(FORBIDDEN_PROPERTY_KEY_CHARACTERS & set(str(key))):

@@ -145,6 +145,9 @@ class Delivery(models.Model):
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     attempts = models.PositiveIntegerField(default=0)
     next_attempt_at = models.DateTimeField(null=True, blank=True)
+    # Set while a worker is sending it: no one else claims, retries or replays it meanwhile,
+    # and the worker's results are saved only if the lease is still the one it took.
+    leased_until = models.DateTimeField(null=True, blank=True)
     last_error = models.TextField(blank=True)
     delivered_at = models.DateTimeField(null=True, blank=True)
 

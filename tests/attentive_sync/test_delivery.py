@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -13,7 +14,7 @@ from procrastinate.contrib.django.models import ProcrastinateJob
 from attentive_sync.client import AttentiveClient
 from attentive_sync.delivery import RetryPolicy, deliver, forward, replay, retry_now, sweep
 from attentive_sync.events import CustomEvent, EventUser
-from attentive_sync.models import AttentiveSettings, Delivery
+from attentive_sync.models import AttentiveSettings, Delivery, DeliveryAttempt
 from tests.conftest import run_worker_until_idle
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -262,3 +263,75 @@ def test_a_batch_sends_other_due_deliveries_and_drops_their_waiting_jobs(attenti
     assert sandbox.sandbox.duplicate_external_event_ids() == {}
     # The job running this batch is not "waiting"; the other four were, and are gone.
     assert jobs_waiting().exclude(args={"delivery_id": deliveries[2].pk}).count() == 0
+
+
+def test_a_bug_in_one_send_costs_that_delivery_a_retry_not_the_batchs_results(attentive, sandbox):
+    deliveries = [recorded(f"evt-{i}") for i in range(3)]
+
+    def flaky_client(settings):
+        client = AttentiveClient(api_key=settings.key, base_url=settings.api_url)
+        post = client.post_custom_event
+
+        def post_or_fail(payload):
+            if payload["externalEventId"] == "evt-1":
+                raise ValueError("a bug")
+            return post(payload)
+
+        client.post_custom_event = post_or_fail
+        return client
+
+    deliver(deliveries[0].pk, policy=RetryPolicy(base=timedelta(hours=1), cap=timedelta(hours=1)), client_factory=flaky_client)
+    statuses = dict(Delivery.objects.values_list("external_event_id", "status"))
+    assert statuses == {"evt-0": "delivered", "evt-1": "failed", "evt-2": "delivered"}
+    assert "failed unexpectedly (ValueError)" in Delivery.objects.get(external_event_id="evt-1").last_error
+    assert Delivery.objects.filter(leased_until__isnull=False).count() == 0
+
+
+def test_an_answer_with_nul_characters_is_recorded_not_fatal(attentive, sandbox):
+    sandbox.sandbox.inject_fault("/v1/events/custom", status=400, body='{"error":"bad\\u0000body"}')
+    sandbox.sandbox.inject_fault("/v1/events/custom", status=400, body="bad\x00body")
+    first, second = recorded("evt-a"), recorded("evt-b")
+    deliver(first.pk, policy=NO_WAIT)
+    assert set(Delivery.objects.values_list("status", flat=True)) == {"dead"}
+    assert all("\x00" not in text for text in DeliveryAttempt.objects.values_list("response_body", flat=True))
+
+
+def test_retry_now_and_replay_leave_a_delivery_being_sent_alone(attentive, sandbox):
+    sandbox.sandbox.inject_fault("/v1/events/custom", status=200, body="{}", delay=0.5)
+    delivery = recorded()
+    sender = threading.Thread(target=lambda: (deliver(delivery.pk, policy=NO_WAIT), connection.close()))
+    sender.start()
+    deadline = time.monotonic() + 5
+    while not Delivery.objects.filter(pk=delivery.pk, leased_until__isnull=False).exists():
+        assert time.monotonic() < deadline, "the send never started"
+        time.sleep(0.01)
+    assert retry_now(Delivery.objects.all()) == 0
+    assert replay(Delivery.objects.all()) == 0
+    sender.join()
+    run_worker_until_idle(queues=["deliveries"])
+    delivery.refresh_from_db()
+    assert (delivery.status, delivery.attempts) == ("delivered", 1)
+    assert sandbox.sandbox.count_requests("/v1/events/custom") == 1
+
+
+def test_a_batch_that_outlived_its_lease_sends_nothing_more_and_hands_the_rest_back(attentive, sandbox, monkeypatch):
+    from attentive_sync import delivery as delivery_module
+
+    # A lease shorter than the margin: every send would leave too close to its end.
+    monkeypatch.setattr(delivery_module, "SEND_LEASE", timedelta(seconds=10))
+    delivery = recorded()
+    deliver(delivery.pk, policy=NO_WAIT)
+    delivery.refresh_from_db()
+    assert sandbox.sandbox.count_requests("/v1/events/custom") == 0
+    assert (delivery.status, delivery.attempts, delivery.leased_until) == ("pending", 0, None)
+    assert jobs_waiting().filter(args={"delivery_id": delivery.pk}).exists()  # handed back
+
+
+def test_a_key_an_http_header_cannot_carry_is_a_clear_error_without_the_key(attentive, sandbox):
+    attentive.api_key = "sk_live_PASTED\u2026"
+    attentive.save()
+    delivery = recorded()
+    deliver(delivery.pk, policy=NO_WAIT)
+    delivery.refresh_from_db()
+    assert delivery.status == "failed" and "characters an HTTP header cannot carry" in delivery.last_error
+    assert "PASTED" not in delivery.last_error

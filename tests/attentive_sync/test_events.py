@@ -41,6 +41,7 @@ def test_payload_has_seed_000_keys_utc_offset_and_string_identifier_values():
         ({"type": "offer (redeemed)"}, r"forbids: \( \)"),
         ({"type": "a,b"}, "forbids: ,"),
         ({"properties": {"bad|key": 1}}, "property key 'bad|key'"),
+        ({"properties": {"note": "a\x00b"}}, "NUL character"),
         ({"user": EventUser()}, "user needs a phone, an email or an external identifier"),
         ({"user": EventUser(phone="415-555-0134")}, "not E.164"),
         ({"external_event_id": ""}, "external_event_id is required"),

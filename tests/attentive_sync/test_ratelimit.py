@@ -5,48 +5,56 @@ import threading
 import pytest
 from django.db import connection, transaction
 
-from attentive_sync.ratelimit import limiter_key, reserve, reserve_slot
+from attentive_sync.models import RateLimitState
+from attentive_sync.ratelimit import limiter_key, reserve_many
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def test_successive_reservations_are_one_interval_apart():
-    waits = [reserve("k", per_second=100) for _ in range(5)]
-    assert waits[0] == pytest.approx(0, abs=0.002)
-    gaps = [later - earlier for earlier, later in zip(waits, waits[1:])]
-    # Each reservation is ~0.01 s after the previous one, less the time that passed in between.
-    assert all(0.005 < gap <= 0.0101 for gap in gaps), gaps
+def theoretical_arrival(key):
+    return RateLimitState.objects.get(key=key).theoretical_arrival
 
 
-def test_a_burst_goes_out_at_once_then_spacing_resumes():
-    waits = [reserve("b", per_second=10, burst=3) for _ in range(4)]
-    assert waits[:3] == pytest.approx([0, 0, 0], abs=0.002)
-    assert waits[3] == pytest.approx(0.1, abs=0.01)
+def test_a_batch_gets_consecutive_slots_one_interval_apart():
+    waits = reserve_many("k", 5, per_second=100)
+    assert waits[0] == pytest.approx(0, abs=0.005)  # an idle limiter: the first goes now
+    # (the first may be clamped at zero: its slot began while the answer travelled back)
+    assert [b - a for a, b in zip(waits[1:], waits[2:])] == pytest.approx([0.01] * 3, abs=1e-9)
+    assert 0 < waits[1] - waits[0] <= 0.01 + 1e-9
+
+
+def test_the_next_batch_starts_where_the_last_one_ended():
+    reserve_many("k", 50, per_second=100)
+    before = theoretical_arrival("k")
+    reserve_many("k", 10, per_second=100)
+    # Exactly ten intervals more on the limiter's timeline, however long the calls took.
+    assert (theoretical_arrival("k") - before).total_seconds() == pytest.approx(0.1, abs=1e-6)
 
 
 def test_keys_are_independent_and_never_contain_the_token():
     key = limiter_key("sk_live_SECRET", "/v1/events/custom")
     assert "SECRET" not in key and key.endswith(":/v1/events/custom")
-    reserve("x", per_second=1)
-    assert reserve("y", per_second=1) == pytest.approx(0, abs=0.002)
+    assert limiter_key("sk_live_SECRET", "/v1/events/custom") != limiter_key("sk_live_OTHER", "/v1/events/custom")
+    reserve_many("x", 10, per_second=1)
+    assert reserve_many("y", 1, per_second=1)[0] == pytest.approx(0, abs=0.005)
 
 
 def test_reserving_inside_a_transaction_is_refused():
     with pytest.raises(RuntimeError, match="must not run inside a transaction"), transaction.atomic():
-        reserve("k", per_second=10)
+        reserve_many("k", 1, per_second=10)
 
 
 def test_concurrent_connections_share_one_budget():
-    """Eight threads, each with its own database connection, reserve 25 slots each at 200/s:
-    every slot granted is distinct and exactly one interval from its neighbours."""
-    slots, lock = [], threading.Lock()
+    """Eight threads, each with its own database connection, reserve 25 batches of 2 at 200/s:
+    together they advance the limiter by exactly 400 intervals (no slot handed out twice)."""
+    RateLimitState.objects.all().delete()
+    reserve_many("shared", 1, per_second=200)
+    start = theoretical_arrival("shared")
 
     def worker():
         try:
             for _ in range(25):
-                slot, _wait = reserve_slot("shared", per_second=200)
-                with lock:
-                    slots.append(slot)
+                reserve_many("shared", 2, per_second=200)
         finally:
             connection.close()
 
@@ -55,8 +63,5 @@ def test_concurrent_connections_share_one_budget():
         thread.start()
     for thread in threads:
         thread.join()
-    slots.sort()
-    assert len(slots) == 200
-    gaps = [later - earlier for earlier, later in zip(slots, slots[1:])]
-    # A gap is one interval, or more when the limiter sat idle; never less (no shared slot).
-    assert min(gaps) == pytest.approx(0.005, abs=1e-4), min(gaps)
+    # 400 slots at 5 ms = 2 s of the timeline, unless the limiter idled (then more, never less).
+    assert (theoretical_arrival("shared") - start).total_seconds() >= 2.0 - 1e-6
