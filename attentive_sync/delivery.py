@@ -359,7 +359,9 @@ def _record(deliveries: list[Delivery], tries: list[_Try | None], settings, poli
         error = str(failure).replace("\x00", "") if failure else ""
         if failure is None:
             outcome = DeliveryAttempt.Outcome.DELIVERED
-            delivery.status, delivery.delivered_at, delivery.next_attempt_at = Delivery.Status.DELIVERED, timezone.now(), None
+            # When Attentive accepted it, not when the batch was recorded.
+            accepted_at = attempt.started_at + timedelta(milliseconds=attempt.duration_ms)
+            delivery.status, delivery.delivered_at, delivery.next_attempt_at = Delivery.Status.DELIVERED, accepted_at, None
             delivery.last_error = ""
         elif _retryable(failure):
             next_at = timezone.now() + policy.delay_after(delivery.attempts)

@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
-from urllib.parse import quote
 
 import requests
+
+from support import free_port, print_table, scratch_database
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -32,12 +32,6 @@ GOAL_SHARE_OF_LIMIT = 0.95
 GOAL_429_SHARE = 0.001
 GOAL_HEADROOM = 500
 LIMITER_RATE = 140
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def start_sandbox(*, rate_limit: int, latency_ms: int) -> tuple[subprocess.Popen, str]:
@@ -173,18 +167,11 @@ def main() -> None:
     django.setup()
     from django.db import connection
 
-    # A scratch database of its own, so a concurrent `make test` keeps its test database.
-    connection.settings_dict.setdefault("TEST", {})["NAME"] = f"bench_{os.getpid()}"
-    scratch = connection.creation.create_test_db(verbosity=0, autoclobber=True, keepdb=False)
-    database = connection.settings_dict
-    database_url = (
-        f"postgres://{quote(database['USER'])}{':' + quote(database['PASSWORD'], safe='') if database.get('PASSWORD') else ''}"
-        f"@{database.get('HOST', '') if not (database.get('HOST') or '').startswith('/') else ''}"
-        f"{':' + str(database['PORT']) if database.get('PORT') else ''}/{database['NAME']}"
-        + (f"?host={quote(database['HOST'])}" if (database.get("HOST") or "").startswith("/") else "")
-    )
+    from portal.dburl import database_url as url_of
+
     results = {}
-    try:
+    with scratch_database():
+        database_url = url_of(connection.settings_dict, application_name="benchmark-worker")
         for name, sandbox_limit, latency, limiter in (
             ("limited", 150, 0, LIMITER_RATE),
             ("unlimited", 0, 5, 10_000),
@@ -201,8 +188,6 @@ def main() -> None:
                 stop([sandbox])
             results[name] = (delivered, seconds, accepted, rate_limited, duplicates)
         reference = noop_rate(args.deliveries, args.workers, args.concurrency, database_url)
-    finally:
-        connection.creation.destroy_test_db(scratch, verbosity=0)
 
     limited_delivered, limited_seconds, limited_accepted, limited_429, limited_twice = results["limited"]
     open_delivered, open_seconds, _, _, open_twice = results["unlimited"]
@@ -217,14 +202,11 @@ def main() -> None:
         ("delivered", f"{limited_delivered:,} + {open_delivered:,}", f"{args.deliveries:,} each"),
         ("events Attentive received twice", f"{limited_twice + open_twice}", "0"),
     ]
-    width = max(len(r[0]) for r in rows)
-    value_width = max(len(r[1]) for r in rows)
-    print(f"\nAttentive delivery drain: {args.deliveries:,} deliveries per run, {args.workers} workers x "
-          f"concurrency {args.concurrency}, {os.cpu_count()} cores\n")
-    print(f"{'measure':<{width}}  {'result':<{value_width}}  goal")
-    print(f"{'-' * width}  {'-' * value_width}  ----")
-    for name, value, goal in rows:
-        print(f"{name:<{width}}  {value:<{value_width}}  {goal}")
+    print_table(
+        f"Attentive delivery drain: {args.deliveries:,} deliveries per run, {args.workers} workers x "
+        f"concurrency {args.concurrency}, {os.cpu_count()} cores",
+        rows,
+    )
     ok = (
         limited_rate >= GOAL_SHARE_OF_LIMIT * LIMITER_RATE
         and share_429 <= GOAL_429_SHARE

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import os
 import resource
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,8 @@ from pathlib import Path
 
 import requests
 from psycopg.types.json import Jsonb
+
+from support import free_port, print_table, scratch_database
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -30,12 +31,6 @@ for name in ("SPARKFLY_API_URL", "SPARKFLY_IDENTITY", "SPARKFLY_KEY"):
 
 GOAL_RATE = 5000
 GOAL_RSS_MB = 300
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def start_sandbox(members: int) -> tuple[subprocess.Popen, str]:
@@ -91,32 +86,27 @@ def main() -> None:
     import django
 
     django.setup()
-    from django.db import connection
-
     from sparkfly_sync.client import SparkflyClient
     from sparkfly_sync.models import Member
     from sparkfly_sync.sync import sync_resource
 
     sandbox, url = start_sandbox(args.members)
-    # A scratch database of its own, so a concurrent `make test` keeps its test database.
-    connection.settings_dict.setdefault("TEST", {})["NAME"] = f"bench_{os.getpid()}"
-    scratch = connection.creation.create_test_db(verbosity=0, autoclobber=True, keepdb=False)
     try:
-        client = SparkflyClient(base_url=url, identity="sandbox", key="sandbox")
-        started = time.perf_counter()
-        first = sync_resource("members", client=client, per_page=args.per_page)
-        first_seconds = time.perf_counter() - started
-        rss = peak_rss_mb()
-        assert first.status == "succeeded", first.failure
-        mirrored = Member.objects.count()
+        with scratch_database():
+            client = SparkflyClient(base_url=url, identity="sandbox", key="sandbox")
+            started = time.perf_counter()
+            first = sync_resource("members", client=client, per_page=args.per_page)
+            first_seconds = time.perf_counter() - started
+            rss = peak_rss_mb()
+            assert first.status == "succeeded", first.failure
+            mirrored = Member.objects.count()
 
-        started = time.perf_counter()
-        second = sync_resource("members", client=client, per_page=args.per_page)
-        second_seconds = time.perf_counter() - started
+            started = time.perf_counter()
+            second = sync_resource("members", client=client, per_page=args.per_page)
+            second_seconds = time.perf_counter() - started
 
-        ceiling = copy_ceiling(mirrored)
+            ceiling = copy_ceiling(mirrored)
     finally:
-        connection.creation.destroy_test_db(scratch, verbosity=0)
         sandbox.terminate()
         sandbox.wait(10)
 
@@ -129,13 +119,7 @@ def main() -> None:
         ("ceiling: PostgreSQL COPY of the same rows", f"{ceiling:,.0f} rows/s", "reference"),
         ("sync / COPY ceiling", f"{rate / ceiling:.0%}", "-"),
     ]
-    width = max(len(r[0]) for r in rows)
-    value_width = max(len(r[1]) for r in rows)
-    print(f"\nSparkfly member sync: {args.members:,} members, per_page {args.per_page:,}, {os.cpu_count()} cores\n")
-    print(f"{'measure':<{width}}  {'result':<{value_width}}  goal")
-    print(f"{'-' * width}  {'-' * value_width}  ----")
-    for name, value, goal in rows:
-        print(f"{name:<{width}}  {value:<{value_width}}  {goal}")
+    print_table(f"Sparkfly member sync: {args.members:,} members, per_page {args.per_page:,}, {os.cpu_count()} cores", rows)
     print(
         f"\nsecond run: {second.created} created, {second.updated} updated, {second.unchanged} unchanged"
     )

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 import time
-from urllib.parse import quote, urlencode
 
 import pytest
 from django.db import connection
 from procrastinate.contrib.django import app as procrastinate_app
+
+from portal.dburl import database_url
 
 from sparkfly_sync.client import RetryPolicy, SparkflyClient
 
@@ -98,19 +99,9 @@ def run_worker_until_idle(queues: list[str] | None = None) -> None:
 
 
 def database_url_for_subprocess(application_name: str) -> str:
-    """A DATABASE_URL for a child process to use the test database, whatever the server
-    (socket or TCP, password or not), tagged so ``wait_for_backends_to_end`` can find it."""
-    database = connection.settings_dict
-    user = quote(database["USER"] or "", safe="")
-    password = f":{quote(database['PASSWORD'], safe='')}" if database.get("PASSWORD") else ""
-    query = {"application_name": application_name}
-    host = database.get("HOST") or ""
-    if host.startswith("/"):
-        query["host"] = host  # a Unix-socket directory goes in the query, as libpq takes it
-        netloc = f"{user}{password}@"
-    else:
-        netloc = f"{user}{password}@{host}{':' + str(database['PORT']) if database.get('PORT') else ''}"
-    return f"postgres://{netloc}/{quote(database['NAME'], safe='')}?{urlencode(query)}"
+    """A DATABASE_URL for a child process to use the test database, tagged so
+    ``wait_for_backends_to_end`` can find its sessions."""
+    return database_url(connection.settings_dict, application_name=application_name)
 
 
 def wait_for_backends_to_end(application_name: str, timeout: float = 10) -> None:
