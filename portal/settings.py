@@ -58,6 +58,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "django.contrib.postgres",
     "rest_framework",
+    "drf_spectacular",
     "procrastinate.contrib.django",
     "portal",
     "sparkfly_sync",
@@ -124,10 +125,22 @@ STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = BASE_DIR / "staticfiles"
 
+# The only API is the Sparkfly webhooks, which authenticate by their URL or signature.
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [],
     "DEFAULT_PERMISSION_CLASSES": [],
     "UNAUTHENTICATED_USER": None,
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Sparkfly ↔ Attentive portal: Sparkfly webhooks",
+    "DESCRIPTION": (
+        "The endpoints Sparkfly calls: channel conversion callbacks (one per redemption) and "
+        "signed event notifications. Each request is recorded before it is answered."
+    ),
+    "VERSION": "1.0",
+    "SERVE_INCLUDE_SCHEMA": False,
 }
 
 # --- Sparkfly ---------------------------------------------------------------------------------
@@ -145,6 +158,11 @@ SPARKFLY_PAGE_SIZE = _read("int", "SPARKFLY_PAGE_SIZE", 5000)
 SPARKFLY_SYNC_INTERVAL_MINUTES = _read("int", "SPARKFLY_SYNC_INTERVAL_MINUTES", 60)
 # Default country of member phone numbers that Sparkfly gives without a country code.
 MEMBER_PHONE_REGION = _read("str", "MEMBER_PHONE_REGION", "US")
+
+# The portal's address as Sparkfly reaches it: the base of the callback URLs given to Sparkfly.
+PORTAL_PUBLIC_URL = _read("str", "PORTAL_PUBLIC_URL", "http://127.0.0.1:8000").rstrip("/")
+# Hours a replaced callback secret (or signing key) is still accepted after a rotation.
+SPARKFLY_CALLBACK_SECRET_GRACE_HOURS = _read("float", "SPARKFLY_CALLBACK_SECRET_GRACE_HOURS", 24.0)
 
 # --- Attentive ----------------------------------------------------------------------------------
 # The retry schedule of deliveries: try n waits uniform(0, min(cap, base * 2**(n-1))) seconds.

@@ -15,9 +15,13 @@ Conventions (after dj-stripe):
 
 from __future__ import annotations
 
+import secrets
+import uuid
+
 from django.contrib.postgres.fields import ArrayField
 from django.contrib.postgres.indexes import GinIndex
 from django.db import models
+from encrypted_fields.fields import EncryptedCharField
 
 
 def _sparkfly_relation(model: str, related_name: str, *, verbose_name: str | None = None) -> models.ForeignKey:
@@ -247,3 +251,189 @@ class SyncRun(models.Model):
     @property
     def duration(self):
         return (self.finished_at - self.started_at) if self.finished_at else None
+
+
+# =================================================================================================
+# Inbound: what Sparkfly sends us (after dj-stripe's WebhookEndpoint and WebhookEventTrigger)
+# =================================================================================================
+
+
+def new_endpoint_secret() -> str:
+    # 256 bits, URL-safe: it travels in the callback URL path.
+    return secrets.token_urlsafe(32)
+
+
+class RotatingSecret(models.Model):
+    """A secret that can be replaced while the previous one keeps working for a grace period
+    (Sparkfly may still hold the old URL or key until the change reaches it)."""
+
+    secret = EncryptedCharField(max_length=500, default=new_endpoint_secret)
+    previous_secret = EncryptedCharField(max_length=500, blank=True, null=True)
+    previous_secret_expires_at = models.DateTimeField(null=True, blank=True)
+    secret_rotated_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        abstract = True
+
+    def accepted_secrets(self, now) -> list[str]:
+        """The secrets a request may carry now: the current one, and the previous one until
+        its grace period ends."""
+        accepted = [self.secret] if self.secret else []
+        if self.previous_secret and self.previous_secret_expires_at and now < self.previous_secret_expires_at:
+            accepted.append(self.previous_secret)
+        return accepted
+
+
+class ConversionEndpoint(RotatingSecret):
+    """The receiver of one channel's conversion callbacks.
+
+    Sparkfly signs nothing it sends to a ``conversion_callback_url``: the URL is the credential.
+    It carries this endpoint's UUID (which endpoint) and ``secret`` (proof the caller was given
+    the URL), compared in constant time.
+    """
+
+    uuid = models.UUIDField("UUID", default=uuid.uuid4, unique=True, editable=False)
+    channel = _sparkfly_relation("Channel", "conversion_endpoints")
+    is_enabled = models.BooleanField(
+        "enabled", default=True, help_text="A disabled endpoint answers 410 Gone and records nothing new."
+    )
+    # Keys of the credentials' annotations["conv_ids"] Sparkfly should put in the callback URL.
+    conv_id_keys = ArrayField(models.CharField(max_length=100), default=list, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["channel"], name="conversion_endpoint_one_per_channel")]
+
+    def __str__(self) -> str:
+        return f"Conversion callbacks of channel {self.channel_id}"
+
+
+class NotificationEndpoint(RotatingSecret):
+    """The receiver of Sparkfly's signed event notifications: one Sparkfly *callback* and its
+    *subscriptions*. ``secret`` holds the callback's ``signing_key`` (Sparkfly generates it when
+    the callback is created); ``previous_secret`` the key of the callback it replaced."""
+
+    uuid = models.UUIDField("UUID", default=uuid.uuid4, unique=True, editable=False)
+    secret = EncryptedCharField("signing key", max_length=500, blank=True, null=True)
+    external_id = models.CharField(
+        "external id", max_length=255, unique=True, help_text="The callback's external_id at Sparkfly."
+    )
+    sparkfly_callback_id = models.BigIntegerField("Sparkfly callback id", null=True, blank=True, unique=True)
+    events = ArrayField(models.CharField(max_length=100), default=list, blank=True, help_text="Subscribed events")
+    is_enabled = models.BooleanField(
+        "enabled", default=True, help_text="A disabled endpoint answers 410 Gone and records nothing new."
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"Event notifications ({self.external_id})"
+
+
+class InboundRequest(models.Model):
+    """Every request that reached a webhook endpoint, valid or not, and what came of it."""
+
+    class Kind(models.TextChoices):
+        CONVERSION = "conversion", "conversion callback"
+        NOTIFICATION = "notification", "event notification"
+
+    class Outcome(models.TextChoices):
+        ACCEPTED = "accepted"  # a new redemption or notification, queued
+        DUPLICATE = "duplicate"  # one already recorded: answered with it, nothing queued
+        IGNORED = "ignored"  # a valid notification of a type the portal does not act on
+        REJECTED = "rejected"  # answered 4xx: nothing recorded beyond this row
+
+    kind = models.CharField(max_length=20, choices=Kind.choices)
+    # As given in the URL, so requests to an unknown endpoint are kept too.
+    endpoint_uuid = models.CharField("endpoint UUID", max_length=100, blank=True, db_index=True)
+    received_at = models.DateTimeField(db_index=True)
+    remote_addr = models.GenericIPAddressField("source address", null=True, blank=True)
+    method = models.CharField(max_length=10)
+    headers = models.JSONField(default=dict, blank=True, help_text="The headers that matter; never cookies or credentials")
+    query = models.TextField("query string", blank=True)
+    body = models.BinaryField(blank=True, default=b"", help_text="The raw body, exactly as received (up to 64 KB)")
+    body_size = models.PositiveIntegerField(default=0, help_text="bytes announced or received")
+    status_code = models.PositiveSmallIntegerField("answer", db_index=True)
+    outcome = models.CharField(max_length=20, choices=Outcome.choices, db_index=True)
+    errors = models.JSONField(default=dict, blank=True, help_text="why it was rejected, field by field")
+    redemption = models.ForeignKey(
+        "Redemption", null=True, blank=True, on_delete=models.SET_NULL, related_name="requests"
+    )
+    notification = models.ForeignKey(
+        "Notification", null=True, blank=True, on_delete=models.SET_NULL, related_name="requests"
+    )
+
+    class Meta:
+        ordering = ["-received_at"]
+        indexes = [models.Index(fields=["outcome", "-received_at"], name="inbound_outcome_recent")]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} {self.method} → {self.status_code} ({self.outcome})"
+
+
+class ForwardingState(models.TextChoices):
+    QUEUED = "queued"  # recorded; the worker has not forwarded it yet
+    FORWARDED = "forwarded"  # handed to attentive_sync (a Delivery exists)
+    PROCESSED = "processed"  # a notification acted on with nothing to forward (a mirror refresh)
+    SKIPPED = "skipped"  # not forwarded: its event type is switched off in the Attentive settings
+    FAILED = "failed"  # could not be forwarded; ``failure`` says why and what to do
+
+
+class Redemption(models.Model):
+    """One redemption Sparkfly reported through a conversion callback.
+
+    ``dedup_key`` is the redemption's ``externalEventId`` (credential, offer and instant,
+    ``sparkfly_sync.events.redemption_event_id``): a callback repeated by Sparkfly maps to the
+    same row, and a replay reaches Attentive with the same id.
+    """
+
+    dedup_key = models.UUIDField("dedup key (externalEventId)", unique=True)
+    endpoint = models.ForeignKey(ConversionEndpoint, null=True, on_delete=models.SET_NULL, related_name="redemptions")
+    channel_id = models.BigIntegerField("Sparkfly channel id", null=True, blank=True)
+    credential_id = models.BigIntegerField("Sparkfly credential id", db_index=True)
+    offer_id = models.BigIntegerField("Sparkfly offer id", db_index=True)
+    offer_ids = ArrayField(models.BigIntegerField(), default=list, blank=True)
+    xid = models.CharField("XID", max_length=100, blank=True)
+    store_id = models.BigIntegerField("Sparkfly store id", null=True, blank=True)
+    redeemed_at = models.DateTimeField(db_index=True)
+    credential_status = models.CharField(max_length=50, blank=True)
+    sf_uid = models.CharField("member external id (sf_uid)", max_length=255, blank=True)
+    sf_ac = models.CharField("creative (sf_ac)", max_length=255, blank=True)
+    conv_ids = models.JSONField("conv_ids annotations", default=dict, blank=True)
+    received_at = models.DateTimeField(db_index=True)
+    state = models.CharField(max_length=20, choices=ForwardingState.choices, default=ForwardingState.QUEUED, db_index=True)
+    attempts = models.PositiveIntegerField(default=0, help_text="times the worker tried to forward it")
+    failure = models.TextField(blank=True)
+    forwarded_at = models.DateTimeField(null=True, blank=True)
+    delivery = models.ForeignKey(
+        "attentive_sync.Delivery", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+
+    class Meta:
+        ordering = ["-received_at"]
+
+    def __str__(self) -> str:
+        return f"Redemption of credential {self.credential_id} (offer {self.offer_id}) at {self.redeemed_at:%Y-%m-%d %H:%M:%S}"
+
+
+class Notification(models.Model):
+    """One signed event notification from Sparkfly, unique by the event's own id."""
+
+    event_id = models.CharField("event id", max_length=255, unique=True)
+    event_name = models.CharField(max_length=100, db_index=True)
+    endpoint = models.ForeignKey(NotificationEndpoint, null=True, on_delete=models.SET_NULL, related_name="notifications")
+    occurred_at = models.DateTimeField(null=True, blank=True)
+    payload = models.JSONField(default=dict)
+    received_at = models.DateTimeField(db_index=True)
+    state = models.CharField(max_length=20, choices=ForwardingState.choices, default=ForwardingState.QUEUED, db_index=True)
+    attempts = models.PositiveIntegerField(default=0)
+    failure = models.TextField(blank=True)
+    processed_at = models.DateTimeField(null=True, blank=True)
+    delivery = models.ForeignKey(
+        "attentive_sync.Delivery", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+
+    class Meta:
+        ordering = ["-received_at"]
+
+    def __str__(self) -> str:
+        return f"{self.event_name} {self.event_id}"
