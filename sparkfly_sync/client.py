@@ -39,6 +39,7 @@ OFFERS_PATH = f"{API_PREFIX}/offers"
 OFFER_APPROVE_PATH = f"{API_PREFIX}/offers/{{offer_id}}/actions/approve"
 OFFER_CHANNELS_PATH = f"{API_PREFIX}/offers/{{offer_id}}/channels"
 CHANNELS_PATH = f"{API_PREFIX}/channels"
+CHANNEL_PATH = f"{API_PREFIX}/channels/{{channel_id}}"
 CREDENTIALS_PATH = f"{API_PREFIX}/credentials"
 CREDENTIAL_REDEEM_PATH = f"{API_PREFIX}/credentials/{{credential_id}}/redeem"
 CREDENTIAL_VOID_PATH = f"{API_PREFIX}/credentials/{{credential_id}}/void"
@@ -48,6 +49,12 @@ CREDENTIAL_VOID_PATH = f"{API_PREFIX}/credentials/{{credential_id}}/void"
 LOYALTY_PROGRAMS_PATH = f"{API_PREFIX}/loyalty/programs"
 LOYALTY_ENROLLMENTS_PATH = f"{API_PREFIX}/loyalty/programs/{{program_id}}/enrollments"
 LOYALTY_ENROLLMENT_PATH = f"{API_PREFIX}/loyalty/enrollments/{{enrollment_id}}"
+# Event notifications: where Sparkfly is told which events to POST to which of our URLs
+# (Sparkfly's Core Operations spec, reference/sparkfly-api.md section 6).
+EVENT_CALLBACKS_PATH = f"{API_PREFIX}/event_notifications/callbacks"
+EVENT_CALLBACK_PATH = f"{API_PREFIX}/event_notifications/callbacks/{{callback_id}}"
+EVENT_SUBSCRIPTIONS_PATH = f"{API_PREFIX}/event_notifications/subscriptions"
+EVENT_SUBSCRIPTION_PATH = f"{API_PREFIX}/event_notifications/subscriptions/{{subscription_id}}"
 
 # Sparkfly documents a maximum page size only for members.
 MEMBERS_MAX_PER_PAGE = 10000

@@ -50,6 +50,7 @@ from portal.loopback import SandboxServer
 from sparkfly_sync.client import (
     API_PREFIX,
     AUTH_PATH,
+    CHANNEL_PATH,
     CHANNELS_PATH,
     CREDENTIAL_REDEEM_PATH,
     CREDENTIAL_VOID_PATH,
@@ -75,7 +76,6 @@ MERCHANT_PATH = f"{MERCHANTS_PATH}/{{merchant_id}}"
 STORE_PATH = f"{STORES_PATH}/{{store_id}}"
 OFFER_PATH = f"{OFFERS_PATH}/{{offer_id}}"
 OFFER_CHANNEL_PATH = f"{OFFER_CHANNELS_PATH}/{{channel_id}}"
-CHANNEL_PATH = f"{CHANNELS_PATH}/{{channel_id}}"
 CREDENTIAL_PATH = f"{CREDENTIALS_PATH}/{{credential_id}}"
 CREDENTIAL_ELIGIBLE_PATH = f"{CREDENTIALS_PATH}/eligible"
 LOYALTY_PROGRAM_PATH = f"{LOYALTY_PROGRAMS_PATH}/{{program_id}}"
