@@ -38,7 +38,7 @@ from dataclasses import asdict, dataclass
 from datetime import date, datetime, timedelta, UTC
 from typing import Any, NamedTuple
 from collections.abc import Callable
-from urllib.parse import quote
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 from werkzeug.routing import Map, Rule
@@ -88,6 +88,10 @@ MEMBERS_DEFAULT_PER_PAGE = 100  # ref §2: members default 100, max 10000
 DEFAULT_PER_PAGE = 5000  # ref §2: every other list defaults to "5000", no documented max
 ACCOUNT_ID = 5  # as in seed 001's examples
 CALLBACK_TIMEOUT_SECONDS = 5
+# How a conversion callback carries its substituted query parameters: in the URL ("none", the
+# only form Sparkfly shows), or in a POST body, form-encoded or as a JSON object of strings.
+CALLBACK_BODIES = ("none", "form", "json")
+FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
 
 # Each resource numbers its ids from its own base so an id passed as the wrong kind of id
 # (a member id as an offer id) fails visibly instead of silently hitting another record.
@@ -273,13 +277,19 @@ class SparkflySandbox:
         token_ttl_seconds: int = 86400,
         clock: Callable[[], datetime] = _utcnow,
         callback_method: str = "POST",
+        callback_body: str = "none",
     ) -> None:
+        if callback_body not in CALLBACK_BODIES:
+            raise ValueError(f"callback_body must be one of {', '.join(CALLBACK_BODIES)}, got {callback_body!r}")
+        if callback_body != "none" and callback_method.upper() != "POST":
+            raise ValueError(f"callback_body {callback_body!r} needs callback_method POST, got {callback_method!r}")
         self.identity = identity
         self.key = key
         self.seed = seed
         self.token_ttl = timedelta(seconds=token_ttl_seconds)
         self.clock = clock
         self.callback_method = callback_method.upper()
+        self.callback_body = callback_body
 
         self.requests_log: list[LoggedRequest] = []
         self.callbacks: list[dict[str, Any]] = []
@@ -1522,22 +1532,47 @@ class SparkflySandbox:
         return re.sub(r"%\{([^}]*)\}", substitute, template)
 
     def _deliver_callback(self, url: str) -> None:
-        """One synchronous call (ASSUMPTION: empty body, ``callback_method``; Sparkfly does not
-        document the method). A failure is only recorded: it never fails the redemption."""
-        entry: dict[str, Any] = {"url": url, "method": self.callback_method, "status": None, "error": None}
-        data = b"" if self.callback_method in ("POST", "PUT", "PATCH") else None
-        # No proxies: a callback to a local test server must not leave the machine.
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-        try:
-            call = urllib.request.Request(url, data=data, method=self.callback_method)
-            with opener.open(call, timeout=CALLBACK_TIMEOUT_SECONDS) as answer:
-                entry["status"] = answer.status
-        except urllib.error.HTTPError as exc:
-            entry.update(status=exc.code, error=f"HTTP {exc.code}")
-        except (OSError, ValueError) as exc:
-            entry["error"] = f"{type(exc).__name__}: {exc}"
+        """One synchronous call with ``callback_method`` (ASSUMPTION: Sparkfly documents neither
+        the method nor a body; its example carries every value in the URL, seed 001). With
+        ``callback_body`` "form" or "json" the query parameters travel in the body instead and
+        the URL keeps only its path. A failure is only recorded: it never fails the redemption."""
+        headers: dict[str, str] = {}
+        if self.callback_body == "none":
+            data = b"" if self.callback_method in ("POST", "PUT", "PATCH") else None
+        else:
+            parts = urlsplit(url)
+            parameters = parse_qsl(parts.query, keep_blank_values=True)
+            url = urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
+            if self.callback_body == "form":
+                data = urlencode(parameters).encode("ascii")
+                headers["Content-Type"] = FORM_CONTENT_TYPE
+            else:
+                data = json.dumps(dict(parameters), separators=(",", ":")).encode("utf-8")
+                headers["Content-Type"] = "application/json"
+        status, error = self._call_out(url, self.callback_method, data, headers)
+        entry = {
+            "url": url,
+            "method": self.callback_method,
+            "status": status,
+            "error": error,
+            "body": None if data is None else data.decode("utf-8"),
+        }
         with self._lock:
             self.callbacks.append(entry)
+
+    @staticmethod
+    def _call_out(url: str, method: str, data: bytes | None, headers: dict[str, str]) -> tuple[int | None, str | None]:
+        """Make one outgoing call; returns (HTTP status or None, error text or None)."""
+        # No proxies: a call to a local test server must not leave the machine.
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        try:
+            call = urllib.request.Request(url, data=data, method=method, headers=headers)
+            with opener.open(call, timeout=CALLBACK_TIMEOUT_SECONDS) as answer:
+                return answer.status, None
+        except urllib.error.HTTPError as exc:
+            return exc.code, f"HTTP {exc.code}"
+        except (OSError, ValueError) as exc:
+            return None, f"{type(exc).__name__}: {exc}"
 
     # ============================================================================================
     # Loyalty (ASSUMPTION: paths and envelopes are client.py's choice; model from seed 004)

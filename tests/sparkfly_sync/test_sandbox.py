@@ -7,6 +7,7 @@ seed 002 = getting-started guide, seed 004 = LoyaltyEnrollment model).
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 import time
@@ -25,6 +26,7 @@ from sparkfly_sync.client import (
     LOYALTY_PROGRAMS_PATH,
     MEMBERS_PATH,
 )
+from sparkfly_sync.sandbox import SparkflySandbox
 
 SEED_004_FIELDS = {
     "id", "member_id", "program_id", "external_id", "source", "status", "point_balance",
@@ -616,10 +618,13 @@ def test_credential_list_filters_get_and_delete(api):
 
 
 class CallbackReceiver:
-    """A tiny HTTP server recording the conversion callbacks it receives; /fail answers 500."""
+    """A tiny HTTP server recording the conversion callbacks it receives; /fail answers 500.
+
+    ``calls`` holds (method, full path) of each call, ``bodies`` its (Content-Type, raw body)."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, str]] = []
+        self.bodies: list[tuple[str | None, bytes]] = []
         self._server = make_server("127.0.0.1", 0, self._app, threaded=True)
         self.url = f"http://127.0.0.1:{self._server.port}"
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
@@ -628,6 +633,7 @@ class CallbackReceiver:
     def _app(self, environ, start_response):
         request = Request(environ)
         self.calls.append((request.method, request.full_path))
+        self.bodies.append((request.headers.get("Content-Type"), request.get_data()))
         return Response("ok", status=500 if request.path.startswith("/fail") else 200)(environ, start_response)
 
     def shutdown(self) -> None:
@@ -671,8 +677,9 @@ def test_redeem_calls_the_conversion_callback_with_placeholders_substituted(api,
         "ac": ["hero banner"], "click": ["c&1"], "unknown": [""],
     }
     assert sparkfly_sandbox.sandbox.callbacks == [
-        {"url": callback_receiver.url + full_path, "method": "POST", "status": 200, "error": None}
+        {"url": callback_receiver.url + full_path, "method": "POST", "status": 200, "error": None, "body": ""}
     ]
+    assert callback_receiver.bodies[0][1] == b""
     assert requests.get(f"{sparkfly_sandbox.base_url}/_sandbox/callbacks").json() == {"callbacks": sparkfly_sandbox.sandbox.callbacks}
 
 
@@ -682,6 +689,44 @@ def test_callback_method_is_configurable(sparkfly_sandbox_factory, callback_rece
     _redeem_with_callback(api, callback_receiver.url + "/cb/%{credential_id}")
 
     assert callback_receiver.calls[0][0] == "GET"
+
+
+def _form_fields(raw: bytes) -> dict[str, str]:
+    return {name: value for name, [value] in parse_qs(raw.decode("ascii"), keep_blank_values=True).items()}
+
+
+@pytest.mark.parametrize(
+    ("style", "content_type", "decode"),
+    [("form", "application/x-www-form-urlencoded", _form_fields), ("json", "application/json", json.loads)],
+)
+def test_callback_body_moves_the_query_parameters_into_the_post_body(
+    sparkfly_sandbox_factory, callback_receiver, style, content_type, decode
+):
+    server = sparkfly_sandbox_factory(callback_body=style)
+    api = Api(server.base_url)
+    template = callback_receiver.url + "/cb/%{credential_id}?at=%{redeemed_at}&uid=%{sf_uid}&ac=%{sf_ac}&store=%{store_id}"
+
+    credential = _redeem_with_callback(api, template, annotations={"sf_ac": "hero & banner +1"})["credential"]
+
+    [(method, full_path)] = callback_receiver.calls
+    [(received_type, raw)] = callback_receiver.bodies
+    member = api.get(f"/v1.0/members/{credential['member_id']}").json()["member"]
+    assert method == "POST"
+    assert (urlsplit(full_path).path, urlsplit(full_path).query) == (f"/cb/{credential['id']}", "")
+    assert received_type == content_type
+    assert decode(raw) == {"at": credential["redeemed_at"], "uid": member["identifier"], "ac": "hero & banner +1", "store": ""}
+    assert server.sandbox.callbacks == [
+        {"url": f"{callback_receiver.url}/cb/{credential['id']}", "method": "POST", "status": 200, "error": None, "body": raw.decode()}
+    ]
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"callback_body": "xml"}, {"callback_body": "json", "callback_method": "GET"}, {"callback_body": "form", "callback_method": "PUT"}],
+)
+def test_callback_body_is_none_form_or_json_and_only_with_post(options):
+    with pytest.raises(ValueError, match="callback_body"):
+        SparkflySandbox(members=0, offers=0, **options)
 
 
 @pytest.mark.parametrize("target", ["fail", "closed-port"])
