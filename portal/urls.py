@@ -1,12 +1,28 @@
 from django.contrib import admin
 from django.urls import path
 from django.views.generic import RedirectView
+from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView
 
 from portal import health
+from sparkfly_sync import webhooks
 
 urlpatterns = [
     path("healthz", health.healthz, name="healthz"),
     path("admin/", admin.site.urls),
+    # Sparkfly's servers call these (see sparkfly_sync/webhooks.py); the URL of a conversion
+    # callback carries its endpoint's secret, and the logs never show it (portal/logs.py).
+    path(
+        "hooks/sparkfly/channels/<str:endpoint_uuid>/<str:secret>/conversions",
+        webhooks.ConversionCallbackView.as_view(),
+        name="sparkfly-conversion-callback",
+    ),
+    path(
+        "hooks/sparkfly/notifications/<str:endpoint_uuid>",
+        webhooks.NotificationView.as_view(),
+        name="sparkfly-notifications",
+    ),
+    path("api/schema", SpectacularAPIView.as_view(), name="api-schema"),
+    path("api/docs", SpectacularRedocView.as_view(url_name="api-schema"), name="api-docs"),
     # Until the program-manager pages exist (issue 6), the admin is the portal's front door.
     path("", RedirectView.as_view(pattern_name="admin:index", permanent=False)),
 ]

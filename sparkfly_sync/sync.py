@@ -431,6 +431,22 @@ class ResyncOutcome:
     failures: list[str] = field(default_factory=list)
 
 
+# Sparkfly is unreachable, overloaded or refusing our key: every call would fail alike, so
+# callers stop (and retry later) rather than record each row as bad.
+TRANSIENT_ERRORS = (SparkflyConnectionError, SparkflyAuthError, SparkflyServerError, SparkflyRateLimited)
+
+
+def refresh_row(row, *, client: SparkflyClient) -> list[str]:
+    """Fetch one row (a saved one, or an unsaved instance holding just the ``sparkfly_id``
+    and any parent id its path needs) from Sparkfly and upsert it. Returns the reasons the
+    payload could not be mirrored (empty on success); raises SparkflyNotFound when Sparkfly
+    no longer has it, and the TRANSIENT_ERRORS as they come."""
+    resource = resource_for_model(type(row))
+    item = resource.fetch(client, row)
+    with transaction.atomic():
+        return resource.write_items([item], f"{resource.item} {row.sparkfly_id}").errors
+
+
 def resync_rows(rows, *, client: SparkflyClient) -> ResyncOutcome:
     """Fetch each mirrored row again from Sparkfly and upsert it (the admin's "resync").
 
@@ -441,21 +457,18 @@ def resync_rows(rows, *, client: SparkflyClient) -> ResyncOutcome:
     """
     outcome = ResyncOutcome()
     for row in rows:
-        resource = resource_for_model(type(row))
         try:
-            item = resource.fetch(client, row)
-            with transaction.atomic():
-                written = resource.write_items([item], f"{resource.item} {row.sparkfly_id}")
+            errors = refresh_row(row, client=client)
         except SparkflyNotFound:
             outcome.gone.append(row.sparkfly_id)
             continue
-        except (SparkflyConnectionError, SparkflyAuthError, SparkflyServerError, SparkflyRateLimited):
+        except TRANSIENT_ERRORS:
             raise
         except (SparkflyError, payloads.PayloadError) as exc:
-            outcome.failures.append(f"{resource.item} {row.sparkfly_id}: {exc}")
+            outcome.failures.append(f"{resource_for_model(type(row)).item} {row.sparkfly_id}: {exc}")
             continue
-        if written.errors:
-            outcome.failures.extend(written.errors)
+        if errors:
+            outcome.failures.extend(errors)
         else:
             outcome.refreshed += 1
     return outcome

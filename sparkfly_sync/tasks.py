@@ -60,3 +60,32 @@ def schedule_mirror_sync(timestamp: int) -> None:
     elapsed = minutes_since_stalest_sync(RESOURCES)
     if (elapsed is None or elapsed >= interval) and queue_mirror_sync():
         logger.info("queued the periodic mirror sync at %s", timezone.now().isoformat())
+
+
+# --- inbound: what the webhooks recorded ------------------------------------------------------------
+
+
+@app.task(name="sparkfly_sync.forward_redemption", queue="inbound")
+def forward_redemption(redemption_id: int) -> None:
+    """Enrich a recorded redemption and forward it to Attentive."""
+    from sparkfly_sync import forwarding
+
+    forwarding.forward_redemption(redemption_id)
+
+
+@app.task(name="sparkfly_sync.process_notification", queue="inbound")
+def process_notification(notification_id: int) -> None:
+    """Act on a recorded event notification (refresh the mirror, forward a points redemption)."""
+    from sparkfly_sync import forwarding
+
+    forwarding.process_notification(notification_id)
+
+
+def defer_retry(record, *, at) -> None:
+    """Queue the next try of a redemption or notification, on the caller's transaction."""
+    from sparkfly_sync.models import Redemption
+
+    if isinstance(record, Redemption):
+        forward_redemption.configure(schedule_at=at).defer(redemption_id=record.pk)
+    else:
+        process_notification.configure(schedule_at=at).defer(notification_id=record.pk)

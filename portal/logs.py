@@ -1,0 +1,27 @@
+"""Logging that never writes a conversion callback's secret.
+
+The secret travels in the callback URL's path (Sparkfly signs nothing it sends there), and
+request lines reach the logs from Django's development server, ``django.request``'s warnings
+about 4xx answers, and gunicorn's access log. This filter, on every handler, masks it.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+_SECRET_IN_PATH = re.compile(r"(/hooks/sparkfly/channels/[^/\s?]*/)[^/\s?\"]+")
+MASK = "[secret]"
+
+
+def redact(text: str) -> str:
+    return _SECRET_IN_PATH.sub(r"\1" + MASK, text)
+
+
+class RedactCallbackSecrets(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        masked = redact(message)
+        if masked != message:
+            record.msg, record.args = masked, None
+        return True

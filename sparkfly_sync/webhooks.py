@@ -1,0 +1,385 @@
+"""The endpoints Sparkfly's servers call (DRF views, kept thin: ``inbound`` does the work).
+
+* ``ConversionCallbackView``: a channel's ``conversion_callback_url``, fired on every
+  redemption; GET or POST, values in the query string, a form body or a JSON object.
+* ``NotificationView``: Sparkfly's signed event notifications (HMAC-SHA256 of the raw body).
+
+Every request is recorded (``InboundRequest``), rejected ones included. The raw body is read
+here, at most 64 KB of it, before anything parses it: the signature covers the exact bytes.
+The views are exempt from ATOMIC_REQUESTS: ``inbound`` commits the record and its job
+together, and a rejection's record must commit although the answer is 4xx.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from urllib.parse import parse_qsl
+
+from django.db import DatabaseError, transaction
+from django.utils.decorators import method_decorator
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework import serializers, status
+from rest_framework.negotiation import BaseContentNegotiation
+from rest_framework.renderers import JSONRenderer
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from sparkfly_sync import inbound
+from sparkfly_sync.inbound import MAX_BODY_BYTES, Arrival, Rejected
+from sparkfly_sync.models import InboundRequest
+from sparkfly_sync.serializers import (
+    DATA_SERIALIZERS,
+    EVENT_TIME_KEYS,
+    ConversionAnswerSerializer,
+    ConversionSerializer,
+    NotificationAnswerSerializer,
+    NotificationEnvelopeSerializer,
+    RedemptionAnswerSerializer,
+    RejectionSerializer,
+    NotificationRecordSerializer,
+    SparkflyTimeField,
+)
+
+logger = logging.getLogger(__name__)
+
+FORM = "application/x-www-form-urlencoded"
+JSON = "application/json"
+# More fields than any callback template has; parse_qsl refuses beyond it.
+MAX_FIELDS = 200
+
+
+class JSONOnly(BaseContentNegotiation):
+    """Always answer JSON, whatever the caller's Accept header: a webhook's answer is for
+    its logs, and a 406 would be a rejection Sparkfly could do nothing about."""
+
+    def select_parser(self, request, parsers):
+        return None
+
+    def select_renderer(self, request, renderers, format_suffix=None):
+        return renderers[0], renderers[0].media_type
+
+
+def _flatten(errors, prefix: str = "") -> dict[str, list[str]]:
+    """DRF's nested errors as ``{"data.member.id": ["…"]}``."""
+    if isinstance(errors, dict):
+        flat: dict[str, list[str]] = {}
+        for key, value in errors.items():
+            name = prefix if key == "non_field_errors" and prefix else f"{prefix}.{key}" if prefix else str(key)
+            flat.update(_flatten(value, name))
+        return flat
+    if isinstance(errors, list) and errors and all(isinstance(item, str) for item in errors):
+        return {prefix or "body": [str(item) for item in errors]}
+    if isinstance(errors, list):
+        flat = {}
+        for item in errors:
+            flat.update(_flatten(item, prefix))
+        return flat
+    return {prefix or "body": [str(errors)]}
+
+
+def _invalid(errors) -> Rejected:
+    flat = _flatten(errors)
+    names = ", ".join(sorted(flat))
+    return Rejected(400, f"Rejected: invalid {names}.", flat)
+
+
+@method_decorator(transaction.non_atomic_requests, name="dispatch")
+class WebhookView(APIView):
+    """What both endpoints share: no DRF parsing, JSON answers, every request recorded."""
+
+    authentication_classes: list = []
+    permission_classes: list = []
+    parser_classes: list = []
+    renderer_classes = [JSONRenderer]
+    content_negotiation_class = JSONOnly
+    kind: str
+
+    def handle(self, request, arrival: Arrival, **kwargs) -> Response:
+        raise NotImplementedError
+
+    def _serve(self, request, endpoint_uuid: str, **kwargs) -> Response:
+        arrival = Arrival.from_request(request, kind=self.kind, endpoint_uuid=endpoint_uuid)
+        try:
+            try:
+                return self.handle(request, arrival, **kwargs)
+            except Rejected as rejection:
+                inbound.record_rejection(arrival, rejection)
+                return Response(rejection.as_answer(), status=rejection.status, headers=self._headers(rejection))
+        except DatabaseError:
+            logger.exception("could not record a %s request", self.kind)
+            return Response(
+                {"detail": "The portal could not record this request; nothing was accepted. Send it again."},
+                status=status.HTTP_503_SERVICE_UNAVAILABLE,
+                headers={"Retry-After": "30"},
+            )
+
+    @staticmethod
+    def _headers(rejection: Rejected) -> dict[str, str]:
+        if rejection.status == 401:
+            return {"WWW-Authenticate": f'HMAC-SHA256 header="{inbound.SIGNATURE_HEADER.lower()}"'}
+        return {}
+
+    def http_method_not_allowed(self, request, *args, **kwargs):
+        allowed = ", ".join(self.allowed_methods)
+        rejection = Rejected(405, f"{request.method} is not accepted here; use {allowed}.")
+        arrival = Arrival.from_request(request, kind=self.kind, endpoint_uuid=kwargs.get("endpoint_uuid", ""))
+        try:
+            inbound.record_rejection(arrival, rejection)
+        except DatabaseError:
+            logger.exception("could not record a %s request", self.kind)
+        return Response(rejection.as_answer(), status=405, headers={"Allow": allowed})
+
+    @staticmethod
+    def read_body(request, arrival: Arrival) -> None:
+        """Read the raw body into ``arrival``, refusing one over MAX_BODY_BYTES without reading it."""
+        try:
+            announced = int(request.META.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            announced = 0
+        arrival.body_size = announced
+        if announced > MAX_BODY_BYTES:
+            raise Rejected(413, f"The body is {announced} bytes; at most {MAX_BODY_BYTES} are accepted.")
+        # The Django request under DRF's wrapper: its stream is the raw body, unparsed.
+        body = request._request.read(MAX_BODY_BYTES + 1)
+        arrival.body_size = max(announced, len(body))
+        if len(body) > MAX_BODY_BYTES:
+            raise Rejected(413, f"The body is over {MAX_BODY_BYTES} bytes; at most {MAX_BODY_BYTES} are accepted.")
+        arrival.body = body
+
+
+# --- conversion callbacks -------------------------------------------------------------------------
+
+
+def _conversion_values(request, arrival: Arrival) -> dict:
+    """The callback's values from the query string and the body, merged; a field given twice
+    with different values is refused (which would we believe?)."""
+    sources = [_pairs(arrival.query, "query string")]
+    if arrival.body.strip():
+        content_type = (request.content_type or "").lower()
+        if content_type == JSON:
+            sources.append(_json_pairs(arrival.body))
+        elif content_type in (FORM, ""):
+            sources.append(_pairs(_text(arrival.body), "form body"))
+        else:
+            raise Rejected(
+                415,
+                f"A {content_type} body is not understood: send the values in the query string, "
+                f"a form body ({FORM}) or a JSON object ({JSON}).",
+            )
+    values: dict = {}
+    conflicts: dict[str, list[str]] = {}
+    for pairs in sources:
+        for key, value in pairs:
+            if value in ("", None):
+                values.setdefault(key, "")
+                continue
+            if values.get(key, "") not in ("", value):
+                conflicts[key] = ["was given more than once, with different values"]
+            values[key] = value
+    if conflicts:
+        raise Rejected(400, "Rejected: " + ", ".join(sorted(conflicts)) + " given twice.", conflicts)
+    return values
+
+
+def _text(body: bytes) -> str:
+    try:
+        return body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise Rejected(400, "Rejected: the body is not UTF-8 text.", {"body": ["is not UTF-8 text"]}) from None
+
+
+def _pairs(text: str, where: str) -> list[tuple[str, str]]:
+    try:
+        return parse_qsl(text, keep_blank_values=True, max_num_fields=MAX_FIELDS, errors="strict")
+    except (ValueError, UnicodeDecodeError):
+        raise Rejected(
+            400,
+            f"Rejected: the {where} is not valid (over {MAX_FIELDS} fields, or not UTF-8).",
+            {where.replace(" ", "_"): [f"is not a valid URL-encoded list of at most {MAX_FIELDS} fields"]},
+        ) from None
+
+
+def _json_object(body: bytes) -> dict:
+    try:
+        document = json.loads(_text(body))
+    except (ValueError, RecursionError):
+        raise Rejected(400, "Rejected: the body is not valid JSON.", {"body": ["is not valid JSON"]}) from None
+    if not isinstance(document, dict):
+        raise Rejected(400, "Rejected: the body must be a JSON object.", {"body": ["must be a JSON object"]})
+    return document
+
+
+def _json_pairs(body: bytes) -> list[tuple[str, object]]:
+    return list(_json_object(body).items())
+
+
+CONVERSION_FIELDS = [
+    OpenApiParameter(name, OpenApiTypes.STR, OpenApiParameter.QUERY, required=name in ("credential_id", "redeemed_at"))
+    for name in ConversionSerializer.NAMED
+]
+_REJECTIONS = {
+    400: OpenApiResponse(RejectionSerializer, description="A value is missing or wrong; `errors` names each."),
+    404: OpenApiResponse(RejectionSerializer, description="Unknown endpoint, or a wrong secret (the same answer)."),
+    405: OpenApiResponse(RejectionSerializer, description="A method the endpoint does not take."),
+    410: OpenApiResponse(RejectionSerializer, description="The endpoint is switched off in the portal."),
+    413: OpenApiResponse(RejectionSerializer, description="The body is over 64 KB."),
+    503: OpenApiResponse(RejectionSerializer, description="The database could not record it; send it again."),
+}
+_CONVERSION_ANSWERS = {
+    202: OpenApiResponse(ConversionAnswerSerializer, description="Recorded; it will be forwarded to Attentive."),
+    200: OpenApiResponse(ConversionAnswerSerializer, description="Already recorded: the original, nothing queued."),
+    415: OpenApiResponse(RejectionSerializer, description="A body that is neither a form nor JSON."),
+    **_REJECTIONS,
+}
+
+
+class ConversionValuesBody(ConversionSerializer):
+    """The same values as a form or JSON body (documented as strings, as Sparkfly writes them)."""
+
+    credential_id = serializers.CharField()
+    offer_id = serializers.CharField(required=False)
+    offer_ids = serializers.CharField(required=False)
+    store_id = serializers.CharField(required=False)
+    redeemed_at = serializers.CharField()
+    conv_ids = None
+
+
+class ConversionCallbackView(WebhookView):
+    """A channel's conversion callback: one redemption, recorded once and forwarded once."""
+
+    kind = InboundRequest.Kind.CONVERSION
+    # Not HEAD (Django would run GET for it): a probe must not record a redemption.
+    http_method_names = ["get", "post"]
+
+    @extend_schema(
+        operation_id="conversion_callback_get",
+        summary="Conversion callback (GET)",
+        description=(
+            "Sparkfly calls the channel's conversion_callback_url on every redemption, with the "
+            "`%{…}` placeholders substituted (blank when Sparkfly cannot resolve one). Any other "
+            "query key is a `conv_ids` annotation of the credential. The URL carries the endpoint's "
+            "UUID and secret: `manage.py sparkfly_callbacks` prints it."
+        ),
+        parameters=CONVERSION_FIELDS,
+        responses=_CONVERSION_ANSWERS,
+        tags=["Sparkfly conversion callbacks"],
+    )
+    def get(self, request, endpoint_uuid: str, secret: str) -> Response:
+        return self._serve(request, endpoint_uuid, secret=secret)
+
+    @extend_schema(
+        operation_id="conversion_callback_post",
+        summary="Conversion callback (POST)",
+        description="As GET; the values may also come as a form or JSON body (merged with the query string).",
+        parameters=CONVERSION_FIELDS,
+        request={FORM: ConversionValuesBody, JSON: ConversionValuesBody},
+        responses=_CONVERSION_ANSWERS,
+        tags=["Sparkfly conversion callbacks"],
+    )
+    def post(self, request, endpoint_uuid: str, secret: str) -> Response:
+        return self._serve(request, endpoint_uuid, secret=secret)
+
+    def handle(self, request, arrival: Arrival, *, secret: str) -> Response:
+        endpoint = inbound.authenticate_conversion_endpoint(arrival.endpoint_uuid, secret)
+        self.read_body(request, arrival)
+        values = ConversionSerializer(data=_conversion_values(request, arrival))
+        if not values.is_valid():
+            raise _invalid(values.errors)
+        redemption, created = inbound.record_redemption(arrival, endpoint, values.validated_data)
+        answer = {"duplicate": not created, "redemption": RedemptionAnswerSerializer(redemption).data}
+        return Response(answer, status=status.HTTP_202_ACCEPTED if created else status.HTTP_200_OK)
+
+
+# --- event notifications ------------------------------------------------------------------------------
+
+
+def _event_time(envelope: dict):
+    for key in EVENT_TIME_KEYS:
+        if envelope.get(key) not in (None, ""):
+            field = SparkflyTimeField()
+            try:
+                return field.run_validation(envelope[key])
+            except serializers.ValidationError as exc:
+                raise _invalid({key: exc.detail}) from None
+    return None
+
+
+class NotificationView(WebhookView):
+    """Sparkfly's signed event notifications."""
+
+    kind = InboundRequest.Kind.NOTIFICATION
+    http_method_names = ["post"]
+
+    @extend_schema(
+        operation_id="event_notification",
+        summary="Event notification",
+        description=(
+            "Sparkfly posts each event a subscription names, signed: base64 HMAC-SHA256 of the raw "
+            "body with the callback's signing_key, in x-hmac-sha256-signature. Handled: "
+            + ", ".join(f"`{name}`" for name in DATA_SERIALIZERS)
+            + ". Any other event is recorded and acknowledged (200) without action."
+        ),
+        parameters=[
+            OpenApiParameter(
+                "x-hmac-sha256-signature", OpenApiTypes.STR, OpenApiParameter.HEADER, required=True,
+                description="base64 HMAC-SHA256 of the raw body",
+            )
+        ],
+        request={JSON: NotificationEnvelopeSerializer},
+        examples=[
+            OpenApiExample(
+                "points redeemed",
+                request_only=True,
+                value={
+                    "event_name": "loyalty.enrollment.points.redeemed",
+                    "id": "5b0d6a5e-54b4-4c3c-a5f3-2d2b1a0f8f11",
+                    "created_at": "2024-05-01T12:00:00Z",
+                    "data": {
+                        "points_redeemed": 100,
+                        "member": {"id": 1, "identifier": "m-1", "enrollment": {"id": 7, "external_id": "e-7"}},
+                        "reward_state": {"id": 3, "offer_state_id": 9, "credential_identifier": "ABC123"},
+                    },
+                },
+            )
+        ],
+        responses={
+            202: OpenApiResponse(NotificationAnswerSerializer, description="Recorded; the portal will act on it."),
+            200: OpenApiResponse(
+                NotificationAnswerSerializer, description="Already recorded, or an event the portal does not act on."
+            ),
+            401: OpenApiResponse(RejectionSerializer, description="A missing or wrong signature."),
+            **_REJECTIONS,
+        },
+        tags=["Sparkfly event notifications"],
+    )
+    def post(self, request, endpoint_uuid: str) -> Response:
+        return self._serve(request, endpoint_uuid)
+
+    def handle(self, request, arrival: Arrival) -> Response:
+        endpoint = inbound.find_notification_endpoint(arrival.endpoint_uuid)
+        self.read_body(request, arrival)
+        inbound.verify_signature(arrival, endpoint)
+        document = _json_object(arrival.body)
+        envelope = NotificationEnvelopeSerializer(data=document)
+        if not envelope.is_valid():
+            raise _invalid(envelope.errors)
+        event_name = envelope.validated_data["event_name"]
+        data_serializer = DATA_SERIALIZERS.get(event_name)
+        if data_serializer is not None:
+            data = data_serializer(data=document["data"])
+            if not data.is_valid():
+                raise _invalid({"data": data.errors})
+        notification, created = inbound.record_notification(
+            arrival,
+            endpoint,
+            event_id=inbound.notification_event_id(document, arrival.body),
+            event_name=event_name,
+            occurred_at=_event_time(document),
+            payload=document,
+            handled=data_serializer is not None,
+        )
+        answer = {"duplicate": not created, "notification": NotificationRecordSerializer(notification).data}
+        accepted = created and data_serializer is not None
+        return Response(answer, status=status.HTTP_202_ACCEPTED if accepted else status.HTTP_200_OK)
