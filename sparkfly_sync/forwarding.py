@@ -297,3 +297,24 @@ def _points_redeemed_event(notification, data: dict, mirror: Mirror) -> CustomEv
         redeemed_at=redeemed_at,
         external_event_id=events.points_redemption_event_id(reward_state_id=state["id"]),
     )
+
+
+# --- the admin's "retry" ---------------------------------------------------------------------------------
+
+
+def requeue(records) -> int:
+    """Queue failed (or stuck queued) redemptions or notifications for another try, now.
+    Returns how many were queued; forwarded, processed and skipped ones are left alone (a
+    delivery is replayed from the Attentive side, with the same externalEventId)."""
+    from sparkfly_sync.tasks import defer_retry
+
+    queued = 0
+    with transaction.atomic():
+        for record in records:
+            if record.state not in (ForwardingState.FAILED, ForwardingState.QUEUED):
+                continue
+            record.state = ForwardingState.QUEUED
+            record.save(update_fields=["state"])
+            defer_retry(record, at=None)
+            queued += 1
+    return queued
