@@ -9,7 +9,11 @@ Where the behaviour comes from (cited in comments as):
 - "seed 001": Sparkfly's credentials guide (query-param creation, ``identifier`` null until
   offers are attached, validation messages, the ``%{…}`` conversion callback);
 - "seed 002": Sparkfly's getting-started guide (offers, approve, channels, xid);
-- "seed 004": the LoyaltyEnrollment model page.
+- "seed 004": the LoyaltyEnrollment model page;
+- "GO spec": Sparkfly's Core Operations OpenAPI (reference/openapi/sparkfly-core-operations.yaml),
+  for the event notification API (callbacks and subscriptions);
+- "DEV events": developers.sparkfly.com/guides/events/event-types/loyalty, the payloads of the
+  loyalty events.
 Anything not documented there is marked ASSUMPTION.
 
 Every path is imported from ``sparkfly_sync.client``, so the client and the sandbox cannot
@@ -22,6 +26,10 @@ Same constructor arguments => byte-identical response bodies: all seeded data co
 
 from __future__ import annotations
 
+import base64
+import functools
+import hashlib
+import hmac
 import itertools
 import json
 import logging
@@ -55,6 +63,10 @@ from sparkfly_sync.client import (
     CREDENTIAL_REDEEM_PATH,
     CREDENTIAL_VOID_PATH,
     CREDENTIALS_PATH,
+    EVENT_CALLBACK_PATH,
+    EVENT_CALLBACKS_PATH,
+    EVENT_SUBSCRIPTION_PATH,
+    EVENT_SUBSCRIPTIONS_PATH,
     LOYALTY_ENROLLMENT_PATH,
     LOYALTY_ENROLLMENTS_PATH,
     LOYALTY_PROGRAMS_PATH,
@@ -105,6 +117,10 @@ CREDENTIAL_ID_BASE = 50001
 PROGRAM_ID_BASE = 1
 TIER_ID_BASE = 11
 ENROLLMENT_ID_BASE = 700001
+EVENT_CALLBACK_ID_BASE = 901
+SUBSCRIPTION_ID_BASE = 4201
+REWARD_STATE_ID_BASE = 880001
+OFFER_STATE_ID_BASE = 620001
 
 SEED_EPOCH = datetime(2025, 1, 1, tzinfo=UTC)
 # Seeded offers are active from 2025 to 2030 so "now" falls inside; every tenth (from the
@@ -170,6 +186,23 @@ ENROLLMENT_SOURCES = ("app", "referral", "in-person")  # seed 004's examples
 TIERS_PER_PROGRAM = 3
 TIER_POINT_THRESHOLDS = (0, 2500, 10000)  # historical points needed for tiers 1..3
 
+# The GO spec's `subscription.event` enum, then the loyalty events of DEV events. The sandbox
+# raises the member and loyalty ones; the others may be subscribed to but never occur here (it
+# simulates no member profiles endpoint, offer activity or point-of-sale transactions).
+NOTIFICATION_EVENTS = (
+    "sf.member.created",
+    "sf.member.updated",
+    "sf.member_profile.created",
+    "sf.member_profile.updated",
+    "sf.offer_activity.created",
+    "sf.transaction.completed",
+    "loyalty.enrollment.created",
+    "loyalty.enrollment.points.awarded",
+    "loyalty.enrollment.points.redeemed",
+)
+SIGNATURE_HEADER = "x-hmac-sha256-signature"  # ref §6.3
+SIGNING_KEY_BYTES = 64  # the GO spec's example signing_key is the base64 of 64 bytes
+
 
 class LoggedRequest(NamedTuple):
     """One API request as received: method, path without ``.json``, raw query string."""
@@ -208,6 +241,10 @@ class Fault:
             raise TypeError("delay must be a number of seconds from 0 to 60")
 
 
+class InsufficientPoints(ValueError):
+    """A redemption asked for more points than the enrollment's balance holds."""
+
+
 class _Abort(Exception):
     """Raised by helpers to stop a handler and answer ``response`` instead."""
 
@@ -219,8 +256,8 @@ class _Abort(Exception):
 class _SandboxRequest(Request):
     """A werkzeug request plus work to run once the state lock is released.
 
-    Network I/O (the conversion callback) must never run under the lock: a callback URL that
-    points back at this sandbox would otherwise deadlock.
+    Network I/O (conversion callbacks, event notifications) must never run under the lock: a
+    callback URL that points back at this sandbox would otherwise deadlock.
     """
 
     def __init__(self, environ: dict) -> None:
@@ -249,6 +286,26 @@ def _nth_name(names: tuple[str, ...], n: int) -> str:
     return name if n < len(names) else f"{name} {n // len(names) + 1}"
 
 
+def _check_positive_int(value: Any, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _is_http_url(value: Any) -> bool:
+    try:
+        parts = urlsplit(value) if isinstance(value, str) else None
+    except ValueError:  # e.g. an unclosed IPv6 bracket
+        return False
+    return parts is not None and parts.scheme in ("http", "https") and bool(parts.netloc)
+
+
+def _text_error(value: Any) -> str | None:
+    """The Rails-style error of a required text field, or None when it is fine."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return "can't be blank"
+    return None if isinstance(value, str) else "must be a string"
+
+
 def _route(template: str, endpoint: Callable, *methods: str) -> Rule:
     """A werkzeug rule for a client.py path template: ``{member_id}`` becomes ``<int:member_id>``."""
     return Rule(re.sub(r"\{(\w+)\}", r"<int:\1>", template), endpoint=endpoint, methods=list(methods))
@@ -258,7 +315,8 @@ class SparkflySandbox:
     """In-memory Sparkfly account plus the WSGI app that serves it.
 
     Test helpers: ``inject_fault``/``clear_faults``, ``expire_tokens``, ``requests_log`` and
-    ``count_requests``, ``callbacks`` (conversion callbacks made). The same helpers are served
+    ``count_requests``, ``callbacks`` (conversion callbacks made), ``notifications`` (event
+    notifications delivered), ``award_points``/``redeem_points``. The same helpers are served
     over HTTP under ``/_sandbox/`` for processes that only hold the URL.
     """
 
@@ -293,6 +351,7 @@ class SparkflySandbox:
 
         self.requests_log: list[LoggedRequest] = []
         self.callbacks: list[dict[str, Any]] = []
+        self.notifications: list[dict[str, Any]] = []
         self._faults: list[Fault] = []
         self._tokens: dict[str, datetime] = {}  # token -> issued at
         # Re-entrant: the /_sandbox/ endpoints run under it and call the public helpers.
@@ -315,6 +374,8 @@ class SparkflySandbox:
         self._redemptions: dict[int, list[tuple[int, date]]] = defaultdict(list)  # offer -> (member, day)
         self._programs: dict[int, dict] = {}
         self._enrollments: dict[int, dict] = {}
+        self._event_callbacks: dict[int, dict] = {}  # without their subscriptions, added when rendered
+        self._subscriptions: dict[int, dict] = {}
 
         self._next_member_id = itertools.count(MEMBER_ID_BASE).__next__
         self._next_merchant_id = itertools.count(MERCHANT_ID_BASE).__next__
@@ -325,6 +386,10 @@ class SparkflySandbox:
         self._next_credential_id = itertools.count(CREDENTIAL_ID_BASE).__next__
         self._next_program_id = itertools.count(PROGRAM_ID_BASE).__next__
         self._next_enrollment_id = itertools.count(ENROLLMENT_ID_BASE).__next__
+        self._next_event_callback_id = itertools.count(EVENT_CALLBACK_ID_BASE).__next__
+        self._next_subscription_id = itertools.count(SUBSCRIPTION_ID_BASE).__next__
+        self._next_reward_state_id = itertools.count(REWARD_STATE_ID_BASE).__next__
+        self._next_offer_state_id = itertools.count(OFFER_STATE_ID_BASE).__next__
 
         self._seed_channels(channels)
         self._seed_merchants(merchants, stores_per_merchant)
@@ -564,6 +629,39 @@ class SparkflySandbox:
         """How many API requests hit exactly ``path`` (``.json`` stripped), optionally by method."""
         return sum(1 for r in list(self.requests_log) if r.path == path and (method is None or r.method == method.upper()))
 
+    # Points move only through these controls: Sparkfly's loyalty write API is not public
+    # (ref §3 Loyalty). Both raise their event once the state lock is released.
+
+    def award_points(self, enrollment_id: int, points: int) -> dict:
+        """Credit ``points`` to the enrollment's balance and lifetime points; returns the
+        enrollment as its GET shows it. KeyError for an unknown enrollment, ValueError for
+        points that are not a positive integer."""
+        with self._lock:
+            enrollment, deliveries = self._award_points(self._enrollment_for_control(enrollment_id), points)
+        self._deliver_all(deliveries)
+        return enrollment
+
+    def redeem_points(self, enrollment_id: int, points: int, *, reward_id: int = 1) -> dict:
+        """Debit ``points`` from the enrollment's balance for reward ``reward_id``; returns the
+        new reward state. InsufficientPoints (a ValueError) when the balance is short."""
+        with self._lock:
+            reward_state, deliveries = self._redeem_points(
+                self._enrollment_for_control(enrollment_id), points, reward_id=reward_id
+            )
+        self._deliver_all(deliveries)
+        return reward_state
+
+    def _enrollment_for_control(self, enrollment_id: int) -> dict:
+        enrollment = self._enrollments.get(enrollment_id)
+        if enrollment is None:
+            raise KeyError(f"No loyalty enrollment {enrollment_id}")
+        return enrollment
+
+    @staticmethod
+    def _deliver_all(deliveries: list[Callable[[], None]]) -> None:
+        for deliver in deliveries:
+            deliver()
+
     # ============================================================================================
     # WSGI
     # ============================================================================================
@@ -573,7 +671,7 @@ class SparkflySandbox:
         request = _SandboxRequest(environ)
         with self._lock:
             response = self._respond(request)
-            response.headers["X-Request-Id"] = str(uuid.UUID(int=self._runtime_rng.getrandbits(128), version=4))
+            response.headers["X-Request-Id"] = self._new_uuid()
         for work in request.after_unlock:
             work()
         response.headers["X-Runtime"] = f"{time.perf_counter() - started:.6f}"
@@ -672,11 +770,23 @@ class SparkflySandbox:
             _route(LOYALTY_ENROLLMENTS_PATH, self.list_enrollments, "GET"),
             _route(LOYALTY_ENROLLMENTS_PATH, self.create_enrollment, "POST"),
             _route(LOYALTY_ENROLLMENT_PATH, self.get_enrollment, "GET"),
+            # Event notifications (GO spec)
+            _route(EVENT_CALLBACKS_PATH, self.list_event_callbacks, "GET"),
+            _route(EVENT_CALLBACKS_PATH, self.create_event_callback, "POST"),
+            _route(EVENT_CALLBACK_PATH, self.get_event_callback, "GET"),
+            _route(EVENT_CALLBACK_PATH, self.delete_event_callback, "DELETE"),
+            _route(EVENT_SUBSCRIPTIONS_PATH, self.list_subscriptions, "GET"),
+            _route(EVENT_SUBSCRIPTIONS_PATH, self.create_subscription, "POST"),
+            _route(EVENT_SUBSCRIPTION_PATH, self.get_subscription, "GET"),
+            _route(EVENT_SUBSCRIPTION_PATH, self.delete_subscription, "DELETE"),
             # Test control
             _route(f"{CONTROL_PREFIX}/faults", self.control_inject_fault, "POST"),
             _route(f"{CONTROL_PREFIX}/faults", self.control_clear_faults, "DELETE"),
             _route(f"{CONTROL_PREFIX}/expire-tokens", self.control_expire_tokens, "POST"),
             _route(f"{CONTROL_PREFIX}/callbacks", self.control_callbacks, "GET"),
+            _route(f"{CONTROL_PREFIX}/notifications", self.control_notifications, "GET"),
+            _route(f"{CONTROL_PREFIX}/loyalty/enrollments/{{enrollment_id}}/award", self.control_award_points, "POST"),
+            _route(f"{CONTROL_PREFIX}/loyalty/enrollments/{{enrollment_id}}/redeem", self.control_redeem_points, "POST"),
         ]
 
     # ============================================================================================
@@ -776,6 +886,9 @@ class SparkflySandbox:
     def _now(self) -> str:
         return _ts(self.clock())
 
+    def _new_uuid(self) -> str:
+        return str(uuid.UUID(int=self._runtime_rng.getrandbits(128), version=4))
+
     def _new_xid(self, rng: random.Random) -> str:
         """seed 002: a 7-character id per offer<->channel link (the landing-page path)."""
         while True:
@@ -816,7 +929,7 @@ class SparkflySandbox:
             default_per_page=MEMBERS_DEFAULT_PER_PAGE, max_per_page=MEMBERS_MAX_PER_PAGE,
         )
 
-    def create_member(self, request: Request) -> Response:
+    def create_member(self, request: _SandboxRequest) -> Response:
         fields = self._fields(request, "member")
         now = self._now()
         member = {
@@ -834,6 +947,7 @@ class SparkflySandbox:
         member["id"] = self._next_member_id()
         self._members[member["id"]] = member
         self._member_id_by_identifier[member["identifier"]] = member["id"]
+        request.after_unlock.extend(self._raise_event("sf.member.created", {"member": member}))
         return self._single("member", member, 201)
 
     def search_member(self, request: Request) -> Response:
@@ -846,7 +960,7 @@ class SparkflySandbox:
     def get_member(self, request: Request, member_id: int) -> Response:
         return self._single("member", self._get(self._members, member_id, "Member"))
 
-    def update_member(self, request: Request, member_id: int) -> Response:
+    def update_member(self, request: _SandboxRequest, member_id: int) -> Response:
         member = self._get(self._members, member_id, "Member")
         fields = self._fields(request, "member")
         updated = dict(member, updated_at=self._now())
@@ -856,6 +970,7 @@ class SparkflySandbox:
         del self._member_id_by_identifier[member["identifier"]]
         self._member_id_by_identifier[updated["identifier"]] = member_id
         self._members[member_id] = updated
+        request.after_unlock.extend(self._raise_event("sf.member.updated", {"member": updated}))
         return self._single("member", updated)
 
     def delete_member(self, request: Request, member_id: int) -> Response:
@@ -1593,7 +1708,7 @@ class SparkflySandbox:
             render=lambda e: {k: v for k, v in e.items() if k != "tier_id"},
         )
 
-    def create_enrollment(self, request: Request, program_id: int) -> Response:
+    def create_enrollment(self, request: _SandboxRequest, program_id: int) -> Response:
         self._get(self._programs, program_id, "Loyalty program")
         fields = self._fields(request, "loyalty_enrollment")
         now = self._now()
@@ -1618,6 +1733,18 @@ class SparkflySandbox:
             return self._invalid("loyalty_enrollment", enrollment, errors)
         enrollment["id"] = self._next_enrollment_id()
         self._enrollments[enrollment["id"]] = enrollment
+        member = self._members[enrollment["member_id"]]
+        data = {  # DEV events
+            "enrollment": {
+                "id": enrollment["id"],
+                "source": enrollment["source"],
+                "created_at": enrollment["created_at"],
+                "external_id": enrollment["external_id"],
+                "program_id": enrollment["program_id"],
+                "member": {"id": member["id"], "identifier": member["identifier"]},
+            }
+        }
+        request.after_unlock.extend(self._raise_event("loyalty.enrollment.created", data))
         return self._single("loyalty_enrollment", enrollment, 201)
 
     def get_enrollment(self, request: Request, enrollment_id: int) -> Response:
@@ -1633,6 +1760,220 @@ class SparkflySandbox:
         if enrollment["fraud_risk_level"] not in FRAUD_RISK_LEVELS:
             return {"fraud_risk_level": "is not included in the list"}
         return {}
+
+    # --- points (the award_points/redeem_points controls; payloads from DEV events) ------------
+
+    def _award_points(self, enrollment: dict, points: int) -> tuple[dict, list[Callable[[], None]]]:
+        """Credit ``points``; returns the enrollment and the deliveries of its event."""
+        _check_positive_int(points, "points")
+        enrollment.update(
+            point_balance=enrollment["point_balance"] + points,
+            historical_points=enrollment["historical_points"] + points,
+            updated_at=self._now(),
+        )
+        member = self._members[enrollment["member_id"]]
+        data = {
+            "member": {
+                "id": member["id"],
+                "identifier": member["identifier"],
+                "enrollment": {
+                    "id": enrollment["id"],
+                    "external_id": enrollment["external_id"],
+                    "current_points": enrollment["point_balance"],
+                    "points_earned": points,
+                    "historical_points": enrollment["historical_points"],
+                },
+            }
+        }
+        return dict(enrollment), self._raise_event("loyalty.enrollment.points.awarded", data)
+
+    def _redeem_points(self, enrollment: dict, points: int, *, reward_id: int) -> tuple[dict, list[Callable[[], None]]]:
+        """Debit ``points`` for a new reward state; returns it and the deliveries of its event.
+        Everything is checked before anything changes."""
+        _check_positive_int(points, "points")
+        _check_positive_int(reward_id, "reward_id")
+        if points > enrollment["point_balance"]:
+            raise InsufficientPoints(
+                f"Loyalty enrollment {enrollment['id']} has {enrollment['point_balance']} points, {points} needed"
+            )
+        now = self._now()
+        enrollment.update(point_balance=enrollment["point_balance"] - points, updated_at=now)
+        # ASSUMPTION: DEV events shows `points_redeemed`, the member and the reward state, not
+        # the reward state's fields; these are Sparkfly's LoyaltyRewardState model (ref §4),
+        # with the credential identifier of the offer state the reward was issued as. No reward
+        # catalog or offer wallet is simulated: reward_id is the caller's, and the ids are new.
+        reward_state = {
+            "id": self._next_reward_state_id(),
+            "reward_id": reward_id,
+            "offer_state_id": self._next_offer_state_id(),
+            "credential_identifier": self._new_credential_identifier(),
+            "issued_point_value": points,
+            "status": "completed",
+            "created_at": now,
+        }
+        member = self._members[enrollment["member_id"]]
+        data = {
+            "points_redeemed": points,
+            "member": {
+                "id": member["id"],
+                "identifier": member["identifier"],
+                "enrollment": {
+                    "id": enrollment["id"],
+                    "external_id": enrollment["external_id"],
+                    "current_points": enrollment["point_balance"],
+                    "historical_points": enrollment["historical_points"],
+                },
+            },
+            "reward_state": reward_state,
+        }
+        return dict(reward_state), self._raise_event("loyalty.enrollment.points.redeemed", data)
+
+    # ============================================================================================
+    # Event notifications (GO spec; ref §6.3). Unlike v1.0's resources, the GO spec's
+    # callback_response and subscription_response carry no `errors` member, so neither do
+    # these answers (validation failures still use the usual 422 envelope).
+    # ============================================================================================
+
+    def list_event_callbacks(self, request: Request) -> Response:
+        return self._page(request, "callbacks", "callback", self._event_callbacks.values(), render=self._event_callback)
+
+    def create_event_callback(self, request: Request) -> Response:
+        fields = self._fields(request, "callback")
+        callback = {
+            "id": None,
+            "external_id": fields.get("external_id"),
+            "enabled": fields.get("enabled", True),
+            "url": fields.get("url"),
+            # ASSUMPTION: the GO spec does not say how Sparkfly verifies a callback; the
+            # sandbox never does, so this stays null.
+            "last_verified_at": None,
+            "signing_key": None,
+        }
+        errors = self._event_callback_errors(callback)
+        if errors:
+            return self._invalid("callback", {**callback, "subscriptions": []}, errors)
+        callback["id"] = self._next_event_callback_id()
+        callback["signing_key"] = base64.b64encode(self._runtime_rng.randbytes(SIGNING_KEY_BYTES)).decode("ascii")
+        self._event_callbacks[callback["id"]] = callback
+        return self._json({"callback": self._event_callback(callback)}, 201)
+
+    def get_event_callback(self, request: Request, callback_id: int) -> Response:
+        return self._json({"callback": self._event_callback(self._get(self._event_callbacks, callback_id, "Callback"))})
+
+    def delete_event_callback(self, request: Request, callback_id: int) -> Response:
+        """GO spec: deletes "all associated subscriptions" too. ASSUMPTION: the spec documents
+        no body for the 200; like v1.0's deletes (ref §2), the deleted record is returned."""
+        callback = self._event_callback(self._get(self._event_callbacks, callback_id, "Callback"))
+        del self._event_callbacks[callback_id]
+        for subscription in callback["subscriptions"]:
+            del self._subscriptions[subscription["id"]]
+        return self._json({"callback": callback})
+
+    def _event_callback(self, callback: dict) -> dict:
+        subscriptions = [s for s in self._subscriptions.values() if s["callback_id"] == callback["id"]]
+        return {**callback, "subscriptions": subscriptions}
+
+    @staticmethod
+    def _event_callback_errors(callback: dict) -> dict[str, str]:
+        errors = {}
+        url = callback["url"]
+        if url is None or (isinstance(url, str) and not url.strip()):
+            errors["url"] = "can't be blank"
+        elif not _is_http_url(url):
+            errors["url"] = "must be an http(s) URL"
+        external_id_error = _text_error(callback["external_id"])
+        if external_id_error:
+            errors["external_id"] = external_id_error
+        if not isinstance(callback["enabled"], bool):
+            errors["enabled"] = "must be true or false"
+        return errors
+
+    def list_subscriptions(self, request: Request) -> Response:
+        return self._page(request, "subscriptions", "subscription", self._subscriptions.values())
+
+    def create_subscription(self, request: Request) -> Response:
+        fields = self._fields(request, "subscription")
+        subscription = {
+            "id": None,
+            "callback_id": fields.get("callback_id"),
+            "external_id": fields.get("external_id"),
+            "enabled": fields.get("enabled", True),
+            "event": fields.get("event"),
+        }
+        errors = self._subscription_errors(subscription)
+        if errors:
+            return self._invalid("subscription", subscription, errors)
+        subscription["id"] = self._next_subscription_id()
+        self._subscriptions[subscription["id"]] = subscription
+        return self._json({"subscription": subscription}, 201)
+
+    def get_subscription(self, request: Request, subscription_id: int) -> Response:
+        return self._json({"subscription": self._get(self._subscriptions, subscription_id, "Subscription")})
+
+    def delete_subscription(self, request: Request, subscription_id: int) -> Response:
+        """ASSUMPTION: as for a callback, the deleted subscription is the 200's body."""
+        subscription = self._get(self._subscriptions, subscription_id, "Subscription")
+        del self._subscriptions[subscription_id]
+        return self._json({"subscription": subscription})
+
+    def _subscription_errors(self, subscription: dict) -> dict[str, str]:
+        errors = {}
+        callback_id = subscription["callback_id"]
+        if callback_id is None:
+            errors["callback_id"] = "can't be blank"
+        elif not isinstance(callback_id, int) or isinstance(callback_id, bool) or callback_id not in self._event_callbacks:
+            errors["callback_id"] = "Callback must exist"
+        external_id_error = _text_error(subscription["external_id"])
+        if external_id_error:
+            errors["external_id"] = external_id_error
+        event = subscription["event"]
+        if event is None or event == "":
+            errors["event"] = "can't be blank"
+        elif event not in NOTIFICATION_EVENTS:
+            errors["event"] = "is not included in the list"
+        if not isinstance(subscription["enabled"], bool):
+            errors["enabled"] = "must be true or false"
+        return errors
+
+    # --- delivery ---------------------------------------------------------------------------
+
+    def _raise_event(self, event_name: str, data: dict) -> list[Callable[[], None]]:
+        """The deliveries of one event to every enabled callback with an enabled subscription
+        to it, to run once the state lock is released (a callback URL may point back at this
+        sandbox). Called under the lock: the body is serialised now, so later changes to the
+        records in ``data`` do not leak into it, and its id comes from the runtime stream."""
+        subscribed = {s["callback_id"] for s in self._subscriptions.values() if s["enabled"] and s["event"] == event_name}
+        targets = [c for c in self._event_callbacks.values() if c["enabled"] and c["id"] in subscribed]
+        if not targets:
+            return []
+        # ASSUMPTION: Sparkfly documents `{"event_name": …, <metadata>, "data": {…}}` without
+        # naming the metadata (ref §6.3); the sandbox puts an `id` and a `created_at` there.
+        event_id = self._new_uuid()
+        payload = {"event_name": event_name, "id": event_id, "created_at": self._now(), "data": data}
+        body = json.dumps(payload, separators=(",", ":")).encode("utf-8")
+        return [
+            functools.partial(self._deliver_notification, event_name, event_id, callback["url"], callback["signing_key"], body)
+            for callback in targets
+        ]
+
+    def _deliver_notification(self, event_name: str, event_id: str, url: str, signing_key: str, body: bytes) -> None:
+        """POST one signed event. ASSUMPTION: Sparkfly signs the raw body with HMAC-SHA256 and
+        sends the base64 digest in ``x-hmac-sha256-signature`` (ref §6.3), but does not say how
+        the key is decoded; the sandbox uses the signing_key string's UTF-8 bytes as the key.
+        A failure is only recorded, never retried."""
+        signature = base64.b64encode(hmac.new(signing_key.encode("utf-8"), body, hashlib.sha256).digest()).decode("ascii")
+        headers = {"Content-Type": "application/json", SIGNATURE_HEADER: signature}
+        status, error = self._call_out(url, "POST", body, headers)
+        entry = {
+            "event_name": event_name,
+            "event_id": event_id,
+            "url": url,
+            "status": status,
+            "error": error,
+            "body": body.decode("utf-8"),
+        }
+        with self._lock:
+            self.notifications.append(entry)
 
     # ============================================================================================
     # Test control over HTTP (/_sandbox/…)
@@ -1655,6 +1996,33 @@ class SparkflySandbox:
 
     def control_callbacks(self, request: Request) -> Response:
         return self._json({"callbacks": self.callbacks})
+
+    def control_notifications(self, request: Request) -> Response:
+        return self._json({"notifications": self.notifications})
+
+    def control_award_points(self, request: _SandboxRequest, enrollment_id: int) -> Response:
+        """``{"points": N}`` -> the enrollment, as award_points; its event is sent after unlock."""
+        enrollment = self._get(self._enrollments, enrollment_id, "Loyalty enrollment")
+        try:
+            awarded, deliveries = self._award_points(enrollment, self._body(request).get("points"))
+        except ValueError as exc:
+            return self._error(400, str(exc))
+        request.after_unlock.extend(deliveries)
+        return self._json({"loyalty_enrollment": awarded})
+
+    def control_redeem_points(self, request: _SandboxRequest, enrollment_id: int) -> Response:
+        """``{"points": N[, "reward_id": R]}`` -> 201 the reward state, as redeem_points; 422
+        when the balance is short."""
+        enrollment = self._get(self._enrollments, enrollment_id, "Loyalty enrollment")
+        body = self._body(request)
+        try:
+            reward_state, deliveries = self._redeem_points(enrollment, body.get("points"), reward_id=body.get("reward_id", 1))
+        except InsufficientPoints as exc:
+            return self._error(422, str(exc))
+        except ValueError as exc:
+            return self._error(400, str(exc))
+        request.after_unlock.extend(deliveries)
+        return self._json({"reward_state": reward_state}, 201)
 
 
 # ================================================================================================
@@ -1679,4 +2047,6 @@ def serve_forever(
     loopback.serve_forever(sandbox, host, port, ready=ready, access_log=access_log)
 
 
-__all__ = ["Fault", "LoggedRequest", "SandboxServer", "SparkflySandbox", "serve_forever", "serve_in_thread"]
+__all__ = [
+    "Fault", "InsufficientPoints", "LoggedRequest", "SandboxServer", "SparkflySandbox", "serve_forever", "serve_in_thread",
+]
