@@ -34,3 +34,7 @@ def sparkfly_sandbox_factory():
 def sparkfly_sandbox(sparkfly_sandbox_factory):
     """A fresh small seeded sandbox (50 members, 10 offers, 3 channels, 2 merchants x 3 stores)."""
     return sparkfly_sandbox_factory()
+
+
+# The Attentive sandbox, for tests that follow an event from Sparkfly to Attentive.
+from tests.attentive_sync.conftest import attentive_sandbox, attentive_sandbox_factory, attentive_spec  # noqa: E402,F401
