@@ -1,10 +1,15 @@
-"""Contract test: the sandbox's answers validate against Sparkfly's published OpenAPI spec.
+"""Contract test: the sandbox's answers validate against Sparkfly's published OpenAPI specs.
 
 For every operation the sandbox serves that the spec (tests/fixtures/openapi/
 sparkfly-platform-v1.0.yaml, OAS 3.0) defines, a real HTTP request is made and its response
 (status, headers, body schema) is validated with openapi-core, once with the ``.json`` suffix
 and once with an ``Accept: application/json`` header. Where Sparkfly's own narrative
 contradicts the spec, ERRATA patch the loaded spec; each says why. Everything else is strict.
+
+The event notification API is only in Sparkfly's newer Core Operations spec (tests/fixtures/
+openapi/sparkfly-core-operations.yaml, OAS 3.1, the "GO spec" of reference/sparkfly-api.md);
+its operations are checked the same way, their requests as well as their responses, under
+CORE_ERRATA.
 """
 
 from __future__ import annotations
@@ -23,8 +28,10 @@ import yaml
 from openapi_core import OpenAPI
 from openapi_core.contrib.requests import RequestsOpenAPIResponse
 from openapi_core.datatypes import RequestParameters
+from openapi_core.exceptions import OpenAPIError
 from werkzeug.datastructures import Headers, ImmutableMultiDict
 
+from sparkfly_sync.client import API_PREFIX
 from sparkfly_sync.sandbox import SparkflySandbox, serve_in_thread
 
 SPEC_PATH = Path(__file__).resolve().parents[1] / "fixtures" / "openapi" / "sparkfly-platform-v1.0.yaml"
@@ -68,10 +75,63 @@ ERRATA: list[tuple[str, dict, str]] = [
 ]
 
 
+# The Core Operations spec: only its /event_notifications/ paths are loaded, with the components
+# they reference. The rest of the document describes operations the sandbox does not serve, and
+# four of its schemas (redemption_grace_period) have `default: null` on a non-nullable integer,
+# which openapi-spec-validator rejects before anything could be validated.
+CORE_SPEC_PATH = SPEC_PATH.with_name("sparkfly-core-operations.yaml")
+CORE_PATH_PREFIX = "/event_notifications/"
+SPEC_EVENTS = [  # the Core Operations spec's own subscription.event enum
+    "sf.member.created", "sf.member.updated", "sf.member_profile.created", "sf.member_profile.updated",
+    "sf.offer_activity.created", "sf.transaction.completed",
+]
+LOYALTY_EVENTS = ["loyalty.enrollment.created", "loyalty.enrollment.points.awarded", "loyalty.enrollment.points.redeemed"]
+LOYALTY_EVENTS_WHY = (
+    "Sparkfly's developer docs (guides/events/event-types/loyalty, ref §6.3) list the loyalty events "
+    "as subscribable; the spec's enum has only the sf.* events"
+)
+CORE_ERRATA: list[tuple[str, dict, str]] = [
+    ("schemas/subscription/properties/event", {"enum": SPEC_EVENTS + LOYALTY_EVENTS}, LOYALTY_EVENTS_WHY),
+    ("schemas/subscription_request/properties/subscription/properties/event", {"enum": SPEC_EVENTS + LOYALTY_EVENTS},
+     LOYALTY_EVENTS_WHY),
+]
+
+
+def _read_yaml(path: Path) -> dict:
+    with path.open() as handle:
+        return yaml.load(handle, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+
+
 def _load_spec() -> dict:
-    with SPEC_PATH.open() as handle:
-        spec = yaml.load(handle, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
-    for where, change, _why in ERRATA:
+    return _patched(_read_yaml(SPEC_PATH), ERRATA)
+
+
+def _load_core_spec(errata: list[tuple[str, dict, str]] = CORE_ERRATA) -> dict:
+    spec = _read_yaml(CORE_SPEC_PATH)
+    paths = {path: operations for path, operations in spec["paths"].items() if path.startswith(CORE_PATH_PREFIX)}
+    components: dict[str, dict] = {"securitySchemes": spec["components"]["securitySchemes"]}
+
+    def keep_referenced(node: object) -> None:
+        if isinstance(node, dict):
+            reference = node.get("$ref")
+            if isinstance(reference, str):  # "#/components/<kind>/<name>"
+                kind, name = reference.split("/")[2:]
+                if name not in components.setdefault(kind, {}):
+                    components[kind][name] = spec["components"][kind][name]
+                    keep_referenced(components[kind][name])
+            for value in node.values():
+                keep_referenced(value)
+        elif isinstance(node, list):
+            for value in node:
+                keep_referenced(value)
+
+    keep_referenced(paths)
+    subset = {key: spec[key] for key in ("openapi", "info", "servers", "security")}
+    return _patched(copy.deepcopy({**subset, "paths": paths, "components": components}), errata)
+
+
+def _patched(spec: dict, errata: list[tuple[str, dict, str]]) -> dict:
+    for where, change, _why in errata:
         *parents, names = where.split("/")
         node = spec["components"]
         for key in parents:
@@ -91,6 +151,16 @@ def spec_dict() -> dict:
 @pytest.fixture(scope="module")
 def openapi(spec_dict) -> OpenAPI:
     return OpenAPI.from_dict(copy.deepcopy(spec_dict))
+
+
+@pytest.fixture(scope="module")
+def core_spec_dict() -> dict:
+    return _load_core_spec()
+
+
+@pytest.fixture(scope="module")
+def core_openapi(core_spec_dict) -> OpenAPI:
+    return OpenAPI.from_dict(copy.deepcopy(core_spec_dict))
 
 
 @pytest.fixture(scope="module")
@@ -166,12 +236,13 @@ def validate(openapi: OpenAPI, response: requests.Response, *, as_method: str | 
 # ================================================================================================
 
 CASES: dict[tuple[str, str], Callable[[Client], requests.Response]] = {}
-_serial = itertools.count(1)  # unique member identifiers across cases
+CORE_CASES: dict[tuple[str, str], Callable[[Client], requests.Response]] = {}  # keyed by Core Operations paths
+_serial = itertools.count(1)  # unique member identifiers and external ids across cases
 
 
-def case(method: str, spec_path: str):
+def case(method: str, spec_path: str, *, cases: dict = CASES):
     def register(make_request):
-        CASES[(method, spec_path)] = make_request
+        cases[(method, spec_path)] = make_request
         return make_request
 
     return register
@@ -417,6 +488,70 @@ def _(c):
     return c.call("PUT", f"/v1.0/credentials/{_new_credential(c)['id']}/void")
 
 
+# --- event notifications (Core Operations spec) ---
+EVENT_NOTIFICATIONS = f"{API_PREFIX}/event_notifications"
+
+
+def _new_event_callback(c: Client) -> dict:
+    body = {"callback": {"url": "https://crm.example.com/sparkfly/events", "external_id": f"contract-{next(_serial)}"}}
+    return c.call("POST", f"{EVENT_NOTIFICATIONS}/callbacks", json=body).json()["callback"]
+
+
+def _new_subscription(c: Client, event: str = "sf.member.updated") -> dict:
+    callback_id = _new_event_callback(c)["id"]
+    body = {"subscription": {"callback_id": callback_id, "external_id": f"contract-{next(_serial)}", "event": event}}
+    return c.call("POST", f"{EVENT_NOTIFICATIONS}/subscriptions", json=body).json()["subscription"]
+
+
+@case("get", "/event_notifications/callbacks", cases=CORE_CASES)
+def _(c):
+    _new_subscription(c, LOYALTY_EVENTS[0])  # so the listed callbacks embed a subscription
+    return c.call("GET", f"{EVENT_NOTIFICATIONS}/callbacks")
+
+
+@case("post", "/event_notifications/callbacks", cases=CORE_CASES)
+def _(c):
+    body = {"callback": {
+        "url": "https://crm.example.com/sparkfly/events", "external_id": "growth_operations_hubspot_events", "enabled": True,
+    }}
+    return c.call("POST", f"{EVENT_NOTIFICATIONS}/callbacks", json=body)
+
+
+@case("get", "/event_notifications/callbacks/{callback_id}", cases=CORE_CASES)
+def _(c):
+    return c.call("GET", f"{EVENT_NOTIFICATIONS}/callbacks/{_new_subscription(c)['callback_id']}")
+
+
+@case("delete", "/event_notifications/callbacks/{callback_id}", cases=CORE_CASES)
+def _(c):
+    return c.call("DELETE", f"{EVENT_NOTIFICATIONS}/callbacks/{_new_subscription(c)['callback_id']}")
+
+
+@case("get", "/event_notifications/subscriptions", cases=CORE_CASES)
+def _(c):
+    _new_subscription(c, LOYALTY_EVENTS[1])
+    return c.call("GET", f"{EVENT_NOTIFICATIONS}/subscriptions")
+
+
+@case("post", "/event_notifications/subscriptions", cases=CORE_CASES)
+def _(c):
+    body = {"subscription": {
+        "callback_id": _new_event_callback(c)["id"], "external_id": "growth_operations_member_profile_updated",
+        "enabled": True, "event": "sf.member_profile.updated",
+    }}
+    return c.call("POST", f"{EVENT_NOTIFICATIONS}/subscriptions", json=body)
+
+
+@case("get", "/event_notifications/subscriptions/{subscription_id}", cases=CORE_CASES)
+def _(c):
+    return c.call("GET", f"{EVENT_NOTIFICATIONS}/subscriptions/{_new_subscription(c)['id']}")
+
+
+@case("delete", "/event_notifications/subscriptions/{subscription_id}", cases=CORE_CASES)
+def _(c):
+    return c.call("DELETE", f"{EVENT_NOTIFICATIONS}/subscriptions/{_new_subscription(c)['id']}")
+
+
 # ================================================================================================
 # Tests
 # ================================================================================================
@@ -430,17 +565,19 @@ def test_response_validates_against_the_spec(openapi, client, operation):
     validate(openapi, response)
 
 
-def test_every_served_operation_the_spec_defines_has_a_case(spec_dict, server):
-    def shape(path: str) -> str:  # parameter names may differ; compare the path shapes
-        return re.sub(r"\{\w+\}", "{}", re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", path))
+def _shape(path: str) -> str:
+    """A path with its parameters unnamed (names may differ): werkzeug's or the spec's syntax."""
+    return re.sub(r"\{\w+\}", "{}", re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", path))
 
-    spec_ops = {(m, shape(p)) for p, ops in spec_dict["paths"].items() for m in ops if m in {"get", "post", "put", "delete"}}
+
+def test_every_served_operation_the_spec_defines_has_a_case(spec_dict, server):
+    spec_ops = {(m, _shape(p)) for p, ops in spec_dict["paths"].items() for m in ops if m in {"get", "post", "put", "delete"}}
     served = {
-        (method.lower(), shape(rule.rule))
+        (method.lower(), _shape(rule.rule))
         for rule in server.sandbox.url_map.iter_rules()
         for method in rule.methods - {"HEAD", "OPTIONS"}
     }
-    covered = {(m, shape(p)) for m, p in CASES}
+    covered = {(m, _shape(p)) for m, p in CASES}
 
     assert served & spec_ops == covered
 
@@ -468,3 +605,68 @@ def test_error_responses_the_spec_defines_validate(openapi, client, method, path
 
     assert response.status_code == status
     validate(openapi, response)
+
+
+# --- event notifications against the Core Operations spec ---------------------------------------
+
+
+@pytest.mark.parametrize("operation", sorted(CORE_CASES), ids=lambda op: f"{op[0].upper()} {op[1]}")
+def test_event_notification_request_and_response_validate_against_the_core_spec(core_openapi, client, operation):
+    response = CORE_CASES[operation](client)
+
+    assert response.status_code < 300, response.text
+    core_openapi.validate_request(SpecRequest.of(response))
+    validate(core_openapi, response)
+
+
+def test_the_sandbox_serves_every_event_notification_operation_and_each_has_a_case(core_spec_dict, server):
+    spec_ops = {
+        (method, _shape(API_PREFIX + path))
+        for path, operations in core_spec_dict["paths"].items()
+        for method in operations if method in {"get", "post", "put", "delete"}
+    }
+    served = {
+        (method.lower(), _shape(rule.rule))
+        for rule in server.sandbox.url_map.iter_rules()
+        if rule.rule.startswith(API_PREFIX + CORE_PATH_PREFIX)
+        for method in rule.methods - {"HEAD", "OPTIONS"}
+    }
+    covered = {(method, _shape(API_PREFIX + path)) for method, path in CORE_CASES}
+
+    assert served == spec_ops == covered
+
+
+@pytest.mark.parametrize("event", LOYALTY_EVENTS)
+def test_loyalty_subscriptions_need_the_erratum_and_validate_with_it(core_openapi, client, event):
+    body = {"subscription": {"callback_id": _new_event_callback(client)["id"], "external_id": "contract", "event": event}}
+    response = client.call("POST", f"{EVENT_NOTIFICATIONS}/subscriptions", json=body)
+    strict = OpenAPI.from_dict(_load_core_spec(errata=[]))
+
+    assert response.status_code == 201
+    core_openapi.validate_request(SpecRequest.of(response))
+    validate(core_openapi, response)
+    with pytest.raises(OpenAPIError):
+        strict.validate_request(SpecRequest.of(response))
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status"),
+    [
+        ("POST", "/callbacks", {"callback": {"url": "ftp://crm.example.com/events", "external_id": "contract"}}, 422),
+        ("POST", "/subscriptions", {"subscription": {"callback_id": 424242, "external_id": "contract", "event": "sf.member.created"}},
+         422),
+        ("GET", "/callbacks/424242", None, 404),
+        ("DELETE", "/callbacks/424242", None, 404),
+        ("GET", "/subscriptions/424242", None, 404),
+        ("DELETE", "/subscriptions/424242", None, 404),
+    ],
+    ids=[
+        "callback-422", "subscription-422", "get-callback-404", "delete-callback-404", "get-subscription-404",
+        "delete-subscription-404",
+    ],
+)
+def test_event_notification_error_responses_validate(core_openapi, client, method, path, body, status):
+    response = client.call(method, EVENT_NOTIFICATIONS + path, json=body)
+
+    assert response.status_code == status
+    validate(core_openapi, response)

@@ -370,7 +370,8 @@ def test_same_seed_gives_the_same_signing_keys_and_event_bodies(sparkfly_sandbox
 def test_member_created_and_updated_carry_the_member_as_its_get_returns_it(api, receiver):
     _callback(api, receiver.base_url + "/events", "sf.member.created", "sf.member.updated")
 
-    member_id = api.post(MEMBERS_PATH, json={"member": {"identifier": "crm-1", "member_profile": {"first_name": "Ada"}}}).json()["member"]["id"]
+    created = api.post(MEMBERS_PATH, json={"member": {"identifier": "crm-1", "member_profile": {"first_name": "Ada"}}})
+    member_id = created.json()["member"]["id"]
     as_created = api.get(f"{MEMBERS_PATH}/{member_id}").json()["member"]
     api.put(f"{MEMBERS_PATH}/{member_id}", json={"member": {"member_profile": {"last_name": "Lovelace"}}})
     as_updated = api.get(f"{MEMBERS_PATH}/{member_id}").json()["member"]
