@@ -167,6 +167,8 @@ MEMBER_PHONE_REGION = _read("str", "MEMBER_PHONE_REGION", "US")
 PORTAL_PUBLIC_URL = _read("str", "PORTAL_PUBLIC_URL", "http://127.0.0.1:8000").rstrip("/")
 # Hours a replaced callback secret (or signing key) is still accepted after a rotation.
 SPARKFLY_CALLBACK_SECRET_GRACE_HOURS = _read("float", "SPARKFLY_CALLBACK_SECRET_GRACE_HOURS", 24.0)
+# Days every webhook request (with its raw body) is kept for audit; redemptions are kept for good.
+INBOUND_REQUEST_RETENTION_DAYS = _read("int", "INBOUND_REQUEST_RETENTION_DAYS", 30)
 
 # --- Attentive ----------------------------------------------------------------------------------
 # The retry schedule of deliveries: try n waits uniform(0, min(cap, base * 2**(n-1))) seconds.

@@ -316,3 +316,16 @@ def rotate_secret(endpoint: ConversionEndpoint | NotificationEndpoint, *, new_se
         endpoint.secret = new_secret if new_secret is not None else new_endpoint_secret()
         endpoint.secret_rotated_at = now
         endpoint.save(update_fields=["secret", "previous_secret", "previous_secret_expires_at", "secret_rotated_at"])
+
+
+def prune_requests(*, now: datetime | None = None, batch: int = 5000) -> int:
+    """Delete request records older than INBOUND_REQUEST_RETENTION_DAYS (their bodies are the
+    bulk of the table); redemptions and notifications are kept, so dedup outlives them."""
+    cutoff = (now or timezone.now()) - timedelta(days=settings.INBOUND_REQUEST_RETENTION_DAYS)
+    deleted = 0
+    while True:
+        # In batches: one huge DELETE would hold its locks and bloat the WAL at once.
+        ids = list(InboundRequest.objects.filter(received_at__lt=cutoff).values_list("pk", flat=True)[:batch])
+        if not ids:
+            return deleted
+        deleted += InboundRequest.objects.filter(pk__in=ids).delete()[0]

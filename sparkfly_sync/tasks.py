@@ -89,3 +89,14 @@ def defer_retry(record, *, at) -> None:
         forward_redemption.configure(schedule_at=at).defer(redemption_id=record.pk)
     else:
         process_notification.configure(schedule_at=at).defer(notification_id=record.pk)
+
+
+@app.periodic(cron="17 3 * * *", periodic_id="sparkfly-inbound-prune")
+@app.task(name="sparkfly_sync.prune_inbound_requests", queue="inbound")
+def prune_inbound_requests(timestamp: int) -> None:
+    """Daily: drop webhook request records past their retention period."""
+    from sparkfly_sync.inbound import prune_requests
+
+    deleted = prune_requests()
+    if deleted:
+        logger.info("pruned %d webhook request records", deleted)
