@@ -1,4 +1,5 @@
-"""Admin of the Sparkfly mirror: read-only pages over what Sparkfly owns, and two actions.
+"""Admin of the Sparkfly side: read-only pages over the mirror (what Sparkfly owns) and over
+what Sparkfly sends us, with actions that call the services.
 
 * Sparkfly owns every mirrored field (the next sync would overwrite an edit), and only the
   sync services write the mirror, so no row is added, changed or deleted here.
@@ -6,6 +7,12 @@
   "Sync all from Sparkfly" queues the background sync of the whole resource
   (``tasks.queue_mirror_sync``). Both ask for confirmation first, as dj-stripe's actions do:
   one calls Sparkfly once per row while the admin waits, the other starts a full scan.
+* Where Sparkfly calls us (``callbacks``): a channel's page shows its conversion callback URL,
+  the secret masked, and whether Sparkfly has it; actions set it at Sparkfly, or rotate its
+  secret and set the new one. Secrets and signing keys are never shown back: a URL secret
+  only masked, a signing key only as its last four characters, and a pasted key is write-only.
+* What Sparkfly sent (``InboundRequest``, ``Redemption``, ``Notification``) is an audit log:
+  read-only, rejections counted by status above the list, "Retry forwarding" on failures.
 * Pages stay cheap on tables of millions of rows: no second COUNT(*), relations joined into
   the page's one query, searches that use indexes, and no filter or date hierarchy that
   lists a big column's distinct values (each would scan the whole table on every page view).
@@ -14,35 +21,48 @@
 from __future__ import annotations
 
 import json
+import uuid
+from datetime import timedelta
+from http import HTTPStatus
 from urllib.parse import urlsplit
 
+from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.contrib.admin.utils import model_ngettext
 from django.contrib.auth import get_permission_codename
 from django.core.exceptions import ImproperlyConfigured, ObjectDoesNotExist
-from django.db.models import Q
+from django.db.models import Count, Q
 from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils import formats, timezone
 from django.utils.html import format_html, format_html_join
+from django.utils.text import Truncator
 
+from sparkfly_sync import callbacks, forwarding
 from sparkfly_sync.client import client_from_settings
 from sparkfly_sync.errors import SparkflyError
+from sparkfly_sync.inbound import rotate_secret
 from sparkfly_sync.models import (
     Channel,
+    ConversionEndpoint,
     Credential,
+    InboundRequest,
     LoyaltyEnrollment,
     LoyaltyProgram,
     Member,
     Merchant,
+    Notification,
+    NotificationEndpoint,
     Offer,
     OfferChannel,
+    Redemption,
     Store,
     SyncRun,
 )
 from sparkfly_sync.payloads import normalize_email, normalize_phone
+from sparkfly_sync.serializers import HANDLED_EVENTS
 from sparkfly_sync.sync import resource_for_model, resync_rows
 from sparkfly_sync.tasks import queue_mirror_sync
 
@@ -128,6 +148,17 @@ def _table(headers: tuple[str, ...], rows, *, footer: str = "") -> str:
     return format_html("<table><thead><tr>{}</tr></thead><tbody>{}</tbody></table>{}", head, body, footer)
 
 
+def _endpoint_of(channel: Channel) -> ConversionEndpoint | None:
+    # From the prefetch cache (ChannelAdmin.get_queryset): no query per channel.
+    return next(iter(channel.conversion_endpoints.all()), None)
+
+
+NO_ENDPOINT_YET = (
+    "No endpoint yet: the actions “Set the conversion callback at Sparkfly” and "
+    "`manage.py sparkfly_callbacks` create it."
+)
+
+
 def _listed(items: list, limit: int = MESSAGE_ITEMS) -> str:
     shown = ", ".join(str(item) for item in items[:limit])
     return f"{shown} and {len(items) - limit} more" if len(items) > limit else shown
@@ -185,13 +216,56 @@ def presence_filter(field_name: str) -> type[PresenceFilter]:
     )
 
 
-class SparkflyReadOnlyAdmin(admin.ModelAdmin):
+class PortalActionsMixin:
+    """What this app's actions share: the confirmation page of those that ask first, and
+    actions that act on something other than the ticked rows, so they run with none ticked."""
+
+    # Actions Django would refuse with nothing ticked: they run on the whole (filtered) list.
+    actions_without_selection: tuple[str, ...] = ()
+
+    def changelist_view(self, request, extra_context=None):
+        if (
+            request.method == "POST"
+            and request.POST.get("action") in self.actions_without_selection
+            and not request.POST.getlist(helpers.ACTION_CHECKBOX_NAME)
+        ):
+            post = request.POST.copy()
+            post.setlist(helpers.ACTION_CHECKBOX_NAME, ["all"])
+            post["select_across"] = "1"
+            request.POST = post
+        return super().changelist_view(request, extra_context)
+
+    def has_manage_permission(self, request):
+        # Actions that write (here or at Sparkfly) need the model's change permission, which
+        # view-only staff lack, even where the pages themselves stay read-only for everyone.
+        opts = self.opts
+        return request.user.has_perm(f"{opts.app_label}.{get_permission_codename('change', opts)}")
+
+    def _confirmation(self, request, *, action: str, question: str, detail: str) -> TemplateResponse:
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "title": "Confirm: " + self.get_actions(request)[action][2],
+            "question": question,
+            "detail": detail,
+            "action": action,
+            "checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+            "selected": request.POST.getlist(helpers.ACTION_CHECKBOX_NAME),
+            "select_across": request.POST.get("select_across", "0"),
+        }
+        return TemplateResponse(request, "admin/action_confirmation.html", context)
+
+
+class SparkflyReadOnlyAdmin(PortalActionsMixin, admin.ModelAdmin):
     """What every page of this app shares: view-only, cheap on big tables, "Sync all"."""
 
     list_per_page = 100
     # The changelist's extra COUNT(*) of the whole table is a full scan of millions of rows.
     show_full_result_count = False
     actions = ["sync_all"]
+    # "Sync all" acts on the resource, not on ticked rows, and is most needed when the mirror
+    # is still empty.
+    actions_without_selection = ("sync_all",)
 
     def has_add_permission(self, request):
         return False
@@ -202,31 +276,11 @@ class SparkflyReadOnlyAdmin(admin.ModelAdmin):
     def has_delete_permission(self, request, obj=None):
         return False
 
-    def has_sync_permission(self, request):
-        # The actions write the mirror, so they need the model's change permission, which
-        # view-only staff lack (the pages themselves stay read-only for everyone).
-        opts = self.opts
-        return request.user.has_perm(f"{opts.app_label}.{get_permission_codename('change', opts)}")
-
     def resources_to_sync(self) -> list[str] | None:
         """The ``sync.RESOURCES`` names "Sync all" queues; None means every resource."""
         raise NotImplementedError
 
-    def changelist_view(self, request, extra_context=None):
-        # "Sync all" acts on the resource, not on ticked rows, and is most needed when the
-        # mirror is still empty: run it with nothing ticked, as Django would refuse it.
-        if (
-            request.method == "POST"
-            and request.POST.get("action") == "sync_all"
-            and not request.POST.getlist(helpers.ACTION_CHECKBOX_NAME)
-        ):
-            post = request.POST.copy()
-            post.setlist(helpers.ACTION_CHECKBOX_NAME, ["all"])
-            post["select_across"] = "1"
-            request.POST = post
-        return super().changelist_view(request, extra_context)
-
-    @admin.action(description="Sync all from Sparkfly", permissions=["sync"])
+    @admin.action(description="Sync all from Sparkfly", permissions=["manage"])
     def sync_all(self, request, queryset):
         resources = self.resources_to_sync()
         what = ", ".join(resources) if resources else "every Sparkfly resource"
@@ -252,20 +306,6 @@ class SparkflyReadOnlyAdmin(admin.ModelAdmin):
                 messages.WARNING,
             )
         return None
-
-    def _confirmation(self, request, *, action: str, question: str, detail: str) -> TemplateResponse:
-        context = {
-            **self.admin_site.each_context(request),
-            "opts": self.opts,
-            "title": "Confirm: " + self.get_actions(request)[action][2],
-            "question": question,
-            "detail": detail,
-            "action": action,
-            "checkbox_name": helpers.ACTION_CHECKBOX_NAME,
-            "selected": request.POST.getlist(helpers.ACTION_CHECKBOX_NAME),
-            "select_across": request.POST.get("select_across", "0"),
-        }
-        return TemplateResponse(request, "admin/action_confirmation.html", context)
 
 
 def _confirmed(request) -> bool:
@@ -344,7 +384,7 @@ class SparkflyMirrorAdmin(SparkflyReadOnlyAdmin):
         """The Sparkfly-backed rows behind the selection (itself, for a mirrored model)."""
         return queryset
 
-    @admin.action(description="Resync selected from Sparkfly", permissions=["sync"])
+    @admin.action(description="Resync selected from Sparkfly", permissions=["manage"])
     def resync_selected(self, request, queryset):
         rows = self.rows_to_resync(queryset)
         # Bounded count: a select-across of millions must not be counted in full.
@@ -463,10 +503,18 @@ class StoreAdmin(SparkflyMirrorAdmin):
 
 @admin.register(Channel)
 class ChannelAdmin(SparkflyMirrorAdmin):
-    list_display = ("name", "allow_sms_keyword", "allow_hmac", "conversion_callback", "sparkfly_id", "synced_at")
+    list_display = (
+        "name", "allow_sms_keyword", "allow_hmac", "conversion_callback", "callback_state", "sparkfly_id", "synced_at",
+    )
     list_filter = ("allow_sms_keyword", "allow_hmac")
     search_fields = ("name",)
     field_overrides = {"conversion_callback_url": "conversion_callback"}
+    detail_fields = ("callback_template", "callback_state")
+    actions = ["resync_selected", "sync_all", "set_conversion_callback", "rotate_and_set_conversion_callback"]
+
+    def get_queryset(self, request):
+        # Each channel's endpoint in one more query for the whole page, not one per row.
+        return super().get_queryset(request).prefetch_related("conversion_endpoints")
 
     @admin.display(description="conversion callback URL")
     def conversion_callback(self, channel):
@@ -475,6 +523,91 @@ class ChannelAdmin(SparkflyMirrorAdmin):
         if not url.hostname:
             return HIDDEN if channel.conversion_callback_url else self.get_empty_value_display()
         return f"{url.scheme}://{url.hostname}/… (path hidden)"
+
+    @admin.display(description="conversion callback")
+    def callback_template(self, channel):
+        endpoint = _endpoint_of(channel)
+        if endpoint is None:
+            return NO_ENDPOINT_YET
+        return format_html(
+            "<code>{}</code><br>The URL to give Sparkfly, its secret masked. The channel list's action "
+            "“Set the conversion callback at Sparkfly” sets it; <code>manage.py sparkfly_callbacks "
+            "--show-secrets</code> prints it whole.",
+            callbacks.conversion_callback_template(endpoint, masked=True),
+        )
+
+    @admin.display(description="Sparkfly has it")
+    def callback_state(self, channel):
+        endpoint = _endpoint_of(channel)
+        if endpoint is None:
+            return "no endpoint yet"
+        return callbacks.STATUS_WORDS[callbacks.callback_status(endpoint, channel)]
+
+    @admin.action(description="Set the conversion callback at Sparkfly", permissions=["manage"])
+    def set_conversion_callback(self, request, queryset):
+        return self._set_callbacks(request, queryset, action="set_conversion_callback", rotate=False)
+
+    @admin.action(description="Rotate the callback secret and set it at Sparkfly", permissions=["manage"])
+    def rotate_and_set_conversion_callback(self, request, queryset):
+        return self._set_callbacks(request, queryset, action="rotate_and_set_conversion_callback", rotate=True)
+
+    def _set_callbacks(self, request, queryset, *, action: str, rotate: bool):
+        count = queryset[: MAX_RESYNC_ROWS + 1].count()  # bounded: a select-across is not counted in full
+        if count > MAX_RESYNC_ROWS:
+            self.message_user(
+                request,
+                f"Select at most {MAX_RESYNC_ROWS} channels (each is a Sparkfly request while you wait).",
+                messages.ERROR,
+            )
+            return None
+        noun = model_ngettext(queryset, count)
+        if not _confirmed(request):
+            grace = settings.SPARKFLY_CALLBACK_SECRET_GRACE_HOURS
+            return self._confirmation(
+                request,
+                action=action,
+                question=(
+                    f"Give {count} {noun} a new callback secret and set the new URL at Sparkfly?"
+                    if rotate
+                    else f"Set the conversion callback of {count} {noun} at Sparkfly?"
+                ),
+                detail=(
+                    f"The previous secret keeps working for {grace:g} hours, so redemptions Sparkfly reports "
+                    "meanwhile are not lost. "
+                    if rotate
+                    else ""
+                )
+                + "Each channel's conversion_callback_url is replaced at Sparkfly now, one request per channel.",
+            )
+        try:
+            client = client_from_settings(interactive=True)
+        except ImproperlyConfigured as exc:
+            self.message_user(request, f"Nothing was changed: {exc}", messages.ERROR)
+            return None
+        endpoints = {endpoint.channel_id: endpoint for endpoint in callbacks.ensure_conversion_endpoints()}
+        done = []
+        for channel in queryset:
+            endpoint = endpoints[channel.sparkfly_id]
+            if rotate:
+                rotate_secret(endpoint)
+            try:
+                callbacks.apply_conversion_callback(endpoint=endpoint, client=client)
+            except SparkflyError as exc:
+                if rotate:
+                    until = _when(endpoint.previous_secret_expires_at)
+                    text = (
+                        f"{channel}: the secret was rotated, but the new URL could not be set at Sparkfly: {exc} "
+                        f"Sparkfly keeps calling the previous one, accepted until {until}: set it again before then."
+                    )
+                else:
+                    text = f"{channel}: the conversion callback was not set: {exc}"
+                self.message_user(request, text, messages.ERROR)
+                continue
+            done.append(str(channel))
+        if done:
+            what = "Rotated the callback secret and set the new URL" if rotate else "Set the conversion callback"
+            self.message_user(request, f"{what} at Sparkfly for {_listed(done)}.", messages.SUCCESS)
+        return None
 
 
 @admin.register(Offer)
@@ -576,3 +709,430 @@ class SyncRunAdmin(SparkflyReadOnlyAdmin):
     @admin.display(description="error samples")
     def error_list(self, run):
         return _json_block(run.error_samples) if run.error_samples else "none"
+
+
+# =================================================================================================
+# Inbound: the endpoints Sparkfly calls, every request that reached them, what came of them.
+# =================================================================================================
+
+# Requeueing locks and queues each selected record while the admin waits.
+MAX_REQUEUE_ROWS = 1000
+LIST_FAILURE_CHARS = 80
+# The statuses the webhooks answer (sparkfly_sync.webhooks); any other shows under "other".
+ANSWERED_STATUSES = ("200", "202", "400", "401", "404", "405", "410", "413", "415")
+REJECTION_WINDOW = timedelta(hours=24)
+
+
+def _parsed_uuid(text: str) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(text.strip())
+    except ValueError:
+        return None
+
+
+def _uuid_or_id_search(term: str, *, uuid_field: str, id_fields: tuple[str, ...] = ()) -> Q | None:
+    """An exact UUID or a Sparkfly id as index lookups (Django's own search would cast the
+    columns to text, which no index serves, and refuse a malformed UUID with an error)."""
+    term = term.strip()
+    if parsed := _parsed_uuid(term):
+        return Q(**{uuid_field: parsed})
+    if id_fields and term.isascii() and term.isdigit() and int(term) < 2**63:
+        return Q.create([(name, int(term)) for name in id_fields], connector=Q.OR)
+    return None
+
+
+class InboundAdmin(PortalActionsMixin, admin.ModelAdmin):
+    """The pages of what Sparkfly sends: nothing added or deleted here, writes only through
+    the actions (which call the services), big tables kept cheap."""
+
+    list_per_page = 100
+    show_full_result_count = False
+    actions: list[str] = []
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    def _selection_size(self, request, queryset, limit: int) -> int | None:
+        """How many rows are selected, or None (and an error shown) when over ``limit``."""
+        count = queryset[: limit + 1].count()  # bounded: a select-across is not counted in full
+        if count > limit:
+            self.message_user(
+                request,
+                f"Select at most {limit} {queryset.model._meta.verbose_name_plural} at a time; narrow the list "
+                "with the filters.",
+                messages.ERROR,
+            )
+            return None
+        return count
+
+
+@admin.register(ConversionEndpoint)
+class ConversionEndpointAdmin(InboundAdmin):
+    list_display = ("channel_link", "uuid", "is_enabled", "status", "created_at", "secret_rotated_at")
+    list_display_links = ("uuid",)  # the channel column is a link of its own
+    list_select_related = ("channel",)
+    list_filter = ("is_enabled",)
+    search_fields = ("uuid",)  # matched exactly, with the channel id: see get_search_results
+    search_help_text = "An endpoint's exact UUID, or its channel's Sparkfly id."
+    # The secret is never among them: the template shows it masked.
+    fields = readonly_fields = (
+        "channel_link", "uuid", "is_enabled", "status", "callback_template", "conv_id_keys", "created_at",
+        "secret_rotated_at", "previous_secret_expires_at",
+    )
+    actions = ["enable", "disable", "rotate"]
+
+    def get_search_results(self, request, queryset, search_term):
+        if not search_term.strip():
+            return queryset, False
+        lookup = _uuid_or_id_search(search_term, uuid_field="uuid", id_fields=("channel_id",))
+        return (queryset.filter(lookup) if lookup else queryset.none()), False
+
+    @admin.display(description="channel", ordering="channel_id")
+    def channel_link(self, endpoint):
+        return _related_link(endpoint, "channel") or self.get_empty_value_display()
+
+    @admin.display(description="Sparkfly has it")
+    def status(self, endpoint):
+        channel = _mirrored(endpoint, "channel")
+        if channel is None:
+            return "channel not mirrored"
+        return callbacks.STATUS_WORDS[callbacks.callback_status(endpoint, channel)]
+
+    @admin.display(description="conversion callback")
+    def callback_template(self, endpoint):
+        return format_html("<code>{}</code>", callbacks.conversion_callback_template(endpoint, masked=True))
+
+    @admin.action(description="Enable selected endpoints", permissions=["manage"])
+    def enable(self, request, queryset):
+        changed = callbacks.set_enabled(queryset, enabled=True)
+        self.message_user(request, f"Enabled {changed} {model_ngettext(queryset, changed)}.", messages.SUCCESS)
+
+    @admin.action(description="Disable selected endpoints (they answer 410)", permissions=["manage"])
+    def disable(self, request, queryset):
+        changed = callbacks.set_enabled(queryset, enabled=False)
+        self.message_user(
+            request,
+            f"Disabled {changed} {model_ngettext(queryset, changed)}: they answer 410 Gone and record nothing new.",
+            messages.SUCCESS,
+        )
+
+    @admin.action(description="Rotate the secret of selected endpoints", permissions=["manage"])
+    def rotate(self, request, queryset):
+        count = self._selection_size(request, queryset, MAX_RESYNC_ROWS)
+        if count is None:
+            return None
+        grace = settings.SPARKFLY_CALLBACK_SECRET_GRACE_HOURS
+        if not _confirmed(request):
+            return self._confirmation(
+                request,
+                action="rotate",
+                question=f"Give {count} {model_ngettext(queryset, count)} a new secret?",
+                detail=f"The previous secret keeps working for {grace:g} hours. Sparkfly keeps calling the "
+                "previous URL until it is given the new one: use “Rotate the callback secret and set it at "
+                "Sparkfly” on the channels page to do both at once.",
+            )
+        endpoints = list(queryset)
+        for endpoint in endpoints:
+            rotate_secret(endpoint)
+        until = _when(timezone.now() + timedelta(hours=grace))
+        self.message_user(
+            request,
+            f"Rotated the secret of {len(endpoints)} {model_ngettext(queryset, len(endpoints))} (channels "
+            f"{_listed([e.channel_id for e in endpoints])}); the previous secrets are accepted until {until}. "
+            "Set the new URLs at Sparkfly before then (“Set the conversion callback at Sparkfly” on the "
+            "channels page, or manage.py sparkfly_callbacks --apply).",
+            messages.WARNING,
+        )
+        return None
+
+
+def _mirrored(obj, name: str):
+    """A related row from the select_related cache, or None while it is not mirrored."""
+    try:
+        return getattr(obj, name)
+    except ObjectDoesNotExist:
+        return None
+
+
+def _signing_key_state(endpoint: NotificationEndpoint) -> str:
+    if not endpoint.secret:
+        return "No signing key is held: register at Sparkfly, or paste the callback's signing_key."
+    if callbacks.is_unreadable(endpoint.secret):
+        return (
+            "The stored signing key cannot be decrypted with this deployment's SECRET_KEY and "
+            "FIELD_ENCRYPTION_SALTS: register at Sparkfly again, or paste it."
+        )
+    masked = "••••" + endpoint.secret[-4:] if len(endpoint.secret) > 8 else "••••"
+    return f"A signing key is held: {masked}."
+
+
+class NotificationEndpointForm(forms.ModelForm):
+    # Write-only, as the Attentive API key: the stored key never reaches the page, only its
+    # mask in the help text; an empty field keeps it.
+    new_signing_key = forms.CharField(
+        label="New signing key",
+        required=False,
+        max_length=NotificationEndpoint._meta.get_field("secret").max_length,
+        strip=True,
+        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
+    )
+
+    class Meta:
+        model = NotificationEndpoint
+        fields = ("is_enabled",)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["new_signing_key"].help_text = format_html(
+            "{} Paste the callback's signing_key when Sparkfly gave you a new one; the previous key is still "
+            "accepted for {} hours. Write-only: stored encrypted, never shown.",
+            _signing_key_state(self.instance),
+            f"{settings.SPARKFLY_CALLBACK_SECRET_GRACE_HOURS:g}",
+        )
+
+    def clean_new_signing_key(self):
+        key = self.cleaned_data["new_signing_key"]
+        if any(character.isspace() for character in key):
+            raise forms.ValidationError("A signing key has no spaces or line breaks: paste the key alone.")
+        return key
+
+
+@admin.register(NotificationEndpoint)
+class NotificationEndpointAdmin(InboundAdmin):
+    form = NotificationEndpointForm
+    list_display = ("external_id", "sparkfly_callback_id", "event_list", "is_enabled", "signing_key_held")
+    fields = (
+        "external_id", "url", "sparkfly_callback_id", "event_list", "is_enabled", "new_signing_key",
+        "secret_rotated_at", "previous_secret_expires_at", "created_at",
+    )
+    readonly_fields = (
+        "external_id", "url", "sparkfly_callback_id", "event_list", "signing_key", "secret_rotated_at",
+        "previous_secret_expires_at", "created_at",
+    )
+    actions = ["register"]
+    # With nothing ticked (or none yet), it registers the portal's endpoint.
+    actions_without_selection = ("register",)
+
+    def has_change_permission(self, request, obj=None):
+        return admin.ModelAdmin.has_change_permission(self, request, obj)
+
+    def get_fields(self, request, obj=None):
+        if self.has_change_permission(request, obj):
+            return self.fields
+        # What staff who may only view it see instead of the key's input.
+        return tuple("signing_key" if name == "new_signing_key" else name for name in self.fields)
+
+    def save_model(self, request, obj, form, change):
+        # Only the switch is written as a field: saving the key field unchanged would encrypt
+        # a key this deployment cannot decrypt a second time, beyond recovery.
+        obj.save(update_fields=["is_enabled"])
+        if key := form.cleaned_data.get("new_signing_key"):
+            rotate_secret(obj, new_secret=key)
+
+    @admin.display(description="URL Sparkfly posts to")
+    def url(self, endpoint):
+        return callbacks.notification_url(endpoint)
+
+    @admin.display(description="subscribed events")
+    def event_list(self, endpoint):
+        return ", ".join(endpoint.events) or "none"
+
+    @admin.display(description="signing key held", boolean=True)
+    def signing_key_held(self, endpoint):
+        return bool(endpoint.secret) and not callbacks.is_unreadable(endpoint.secret)
+
+    @admin.display(description="signing key")
+    def signing_key(self, endpoint):
+        return _signing_key_state(endpoint)
+
+    @admin.action(description="Register at Sparkfly", permissions=["manage"])
+    def register(self, request, queryset):
+        external_ids = list(queryset.values_list("external_id", flat=True)[: MAX_RESYNC_ROWS + 1])
+        if not external_ids:
+            external_ids = [callbacks.DEFAULT_EXTERNAL_ID]
+        if not _confirmed(request):
+            return self._confirmation(
+                request,
+                action="register",
+                question=f"Register {_listed(external_ids)} at Sparkfly?",
+                detail="Sparkfly is told to post the portal's events to this endpoint: its callback is created "
+                "(or replaced when it points elsewhere) and one subscription added per missing event.",
+            )
+        try:
+            client = client_from_settings(interactive=True)
+        except ImproperlyConfigured as exc:
+            self.message_user(request, f"Nothing was registered: {exc}", messages.ERROR)
+            return None
+        for external_id in external_ids:
+            try:
+                endpoint = callbacks.register_notifications(client=client, external_id=external_id)
+            except SparkflyError as exc:
+                self.message_user(request, f"“{external_id}” was not registered at Sparkfly: {exc}", messages.ERROR)
+                continue
+            self.message_user(
+                request,
+                f"Registered “{external_id}” at Sparkfly as callback {endpoint.sparkfly_callback_id}, subscribed "
+                f"to {', '.join(endpoint.events)}.",
+                messages.SUCCESS,
+            )
+        return None
+
+
+@admin.register(InboundRequest)
+class InboundRequestAdmin(InboundAdmin):
+    list_display = ("received_at", "kind", "method", "status_code", "outcome", "remote_addr", "endpoint_uuid")
+    list_filter = ("outcome", known_values_filter("status_code", ANSWERED_STATUSES), "kind")
+    search_fields = ("endpoint_uuid__exact",)
+    search_help_text = "An endpoint's exact UUID."
+    fields = readonly_fields = (
+        "received_at", "kind", "method", "status_code", "outcome", "errors_block", "remote_addr", "endpoint_link",
+        "headers_block", "query", "body_text", "body_size", "redemption_link", "notification_link",
+    )
+
+    def get_search_results(self, request, queryset, search_term):
+        return super().get_search_results(request, queryset, search_term.strip())
+
+    def changelist_view(self, request, extra_context=None):
+        since = timezone.now() - REJECTION_WINDOW
+        counts = (
+            InboundRequest.objects.filter(outcome=InboundRequest.Outcome.REJECTED, received_at__gte=since)
+            .order_by("status_code")
+            .values_list("status_code")
+            .annotate(Count("pk"))
+        )
+        rejections = [(status, HTTPStatus(status).phrase if status in _HTTP_STATUSES else "", n) for status, n in counts]
+        context = {
+            **(extra_context or {}),
+            "rejections": rejections,
+            "rejections_total": sum(n for _, _, n in rejections),
+            "rejected_outcome": InboundRequest.Outcome.REJECTED.value,
+        }
+        return super().changelist_view(request, context)
+
+    @admin.display(description="why it was rejected")
+    def errors_block(self, request_row):
+        return _json_block(request_row.errors) if request_row.errors else "-"
+
+    @admin.display(description="headers")
+    def headers_block(self, request_row):
+        return _json_block(request_row.headers)
+
+    @admin.display(description="body (as UTF-8)")
+    def body_text(self, request_row):
+        body = bytes(request_row.body or b"")
+        if not body:
+            return "(empty)"
+        # Escaped by format_html: the body is whatever the caller sent, "<script>" included.
+        return format_html('<pre style="white-space: pre-wrap">{}</pre>', body.decode("utf-8", errors="replace"))
+
+    @admin.display(description="endpoint")
+    def endpoint_link(self, request_row):
+        model = ConversionEndpoint if request_row.kind == InboundRequest.Kind.CONVERSION else NotificationEndpoint
+        parsed = _parsed_uuid(request_row.endpoint_uuid)
+        endpoint = model.objects.filter(uuid=parsed).first() if parsed else None
+        if endpoint is None:
+            return f"{request_row.endpoint_uuid or '(none)'} (no such endpoint)"
+        return _change_link(endpoint, f"{endpoint} ({request_row.endpoint_uuid})")
+
+    @admin.display(description="redemption")
+    def redemption_link(self, request_row):
+        return _change_link(request_row.redemption) if request_row.redemption_id else "-"
+
+    @admin.display(description="notification")
+    def notification_link(self, request_row):
+        return _change_link(request_row.notification) if request_row.notification_id else "-"
+
+
+_HTTP_STATUSES = {status.value for status in HTTPStatus}
+
+
+class ForwardedRecordAdmin(InboundAdmin):
+    """Redemptions and notifications: their forwarding state, and "Retry forwarding"."""
+
+    list_filter = ("state",)
+    actions = ["retry_forwarding"]
+
+    @admin.display(description="failure", ordering="failure")
+    def failure_excerpt(self, record):
+        return Truncator(record.failure).chars(LIST_FAILURE_CHARS)
+
+    @admin.display(description="Attentive delivery")
+    def delivery_link(self, record):
+        if not record.delivery_id:
+            return "none yet"
+        delivery = record.delivery
+        url = reverse("admin:attentive_sync_delivery_change", args=[delivery.pk])
+        return format_html('<a href="{}">{} ({})</a>', url, delivery.external_event_id, delivery.get_status_display())
+
+    @admin.display(description=f"requests that carried it (newest {RELATED_ROWS_SHOWN})")
+    def requests_table(self, record):
+        rows = record.requests.order_by("-received_at")[:RELATED_ROWS_SHOWN]
+        return _table(
+            ("received at", "answer", "outcome", "source address"),
+            ((_change_link(r, _when(r.received_at)), r.status_code, r.outcome, r.remote_addr) for r in rows),
+        )
+
+    @admin.display(description="payload")
+    def payload_block(self, record):
+        return _json_block(record.payload)
+
+    @admin.action(description="Retry forwarding", permissions=["manage"])
+    def retry_forwarding(self, request, queryset):
+        selected = self._selection_size(request, queryset, MAX_REQUEUE_ROWS)
+        if selected is None:
+            return None
+        queued = forwarding.requeue(queryset)
+        if queued:
+            self.message_user(
+                request, f"Queued {queued} {model_ngettext(queryset, queued)} for another try.", messages.SUCCESS
+            )
+        if left := selected - queued:
+            self.message_user(
+                request,
+                f"Left {left} {model_ngettext(queryset, left)} alone: already forwarded, processed or skipped. "
+                "A forwarded event is sent again from its Attentive delivery (“Replay”).",
+                messages.WARNING,
+            )
+        return None
+
+
+@admin.register(Redemption)
+class RedemptionAdmin(ForwardedRecordAdmin):
+    list_display = (
+        "received_at", "credential_id", "offer_id", "channel_id", "redeemed_at", "state", "attempts",
+        "failure_excerpt",
+    )
+    search_fields = ("dedup_key",)  # matched exactly, with the credential id: see get_search_results
+    search_help_text = "An exact Sparkfly credential id, or a dedup key (externalEventId)."
+    fields = readonly_fields = (
+        "dedup_key", "state", "attempts", "failure", "forwarded_at", "delivery_link", "received_at", "redeemed_at",
+        "credential_id", "offer_id", "offer_ids", "xid", "channel_id", "store_id", "credential_status", "sf_uid",
+        "sf_ac", "conv_ids", "endpoint", "requests_table",
+    )
+
+    def get_search_results(self, request, queryset, search_term):
+        if not search_term.strip():
+            return queryset, False
+        lookup = _uuid_or_id_search(search_term, uuid_field="dedup_key", id_fields=("credential_id",))
+        return (queryset.filter(lookup) if lookup else queryset.none()), False
+
+
+@admin.register(Notification)
+class NotificationAdmin(ForwardedRecordAdmin):
+    list_display = ("received_at", "event_name", "event_id", "occurred_at", "state", "attempts", "failure_excerpt")
+    list_filter = ("state", known_values_filter("event_name", HANDLED_EVENTS))
+    search_fields = ("event_id__exact",)
+    search_help_text = "An event's exact id."
+    fields = readonly_fields = (
+        "event_id", "event_name", "state", "attempts", "failure", "processed_at", "delivery_link", "occurred_at",
+        "received_at", "endpoint", "payload_block", "requests_table",
+    )
+
+    def get_search_results(self, request, queryset, search_term):
+        return super().get_search_results(request, queryset, search_term.strip())
