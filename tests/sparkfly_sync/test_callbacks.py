@@ -277,6 +277,11 @@ def test_only_show_secrets_prints_the_secrets(portal, caplog):
     assert signing_key not in shown  # not even here
 
 
+def test_an_abbreviation_of_show_secrets_is_not_taken_for_it(portal):
+    with pytest.raises(CommandError, match="unrecognized arguments: --show"):
+        run("--show")
+
+
 # --- event notifications ----------------------------------------------------------------------
 
 

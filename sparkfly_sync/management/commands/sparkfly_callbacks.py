@@ -30,6 +30,10 @@ class Command(BaseCommand):
         "--apply sets them at Sparkfly and registers the event notifications."
     )
 
+    def create_parser(self, prog_name, subcommand, **kwargs):
+        # No abbreviations: "--show" (as attentive_settings has) must not print the secrets.
+        return super().create_parser(prog_name, subcommand, allow_abbrev=False, **kwargs)
+
     def add_arguments(self, parser):
         parser.add_argument(
             "--channel", dest="channels", type=int, action="append", metavar="ID", default=[],
