@@ -11,6 +11,11 @@ Conventions (after dj-stripe):
   store Sparkfly's ids as they come, with no translation to local keys. Reading
   ``credential.member`` raises ``Member.DoesNotExist`` until the member is mirrored.
 * Sparkfly owns these rows: the admin shows them read-only; ``sparkfly_sync.sync`` writes them.
+
+The inbound side (after dj-stripe's WebhookEndpoint and WebhookEventTrigger) is at the bottom:
+the endpoints Sparkfly calls (``ConversionEndpoint`` per channel, ``NotificationEndpoint`` for
+signed event notifications, each with a rotating secret), ``InboundRequest`` (every request,
+valid or not), and what accepted requests became: ``Redemption`` and ``Notification``.
 """
 
 from __future__ import annotations
