@@ -308,14 +308,19 @@ def rotate_secret(endpoint: ConversionEndpoint | NotificationEndpoint, *, new_se
     endpoint's signing key); the old one keeps working for SPARKFLY_CALLBACK_SECRET_GRACE_HOURS,
     until Sparkfly has the new one."""
     now = timezone.now()
+    fields = ["secret", "previous_secret", "previous_secret_expires_at", "secret_rotated_at"]
     with transaction.atomic():
-        endpoint = type(endpoint).objects.select_for_update().get(pk=endpoint.pk)
-        if endpoint.secret:
-            endpoint.previous_secret = endpoint.secret
-            endpoint.previous_secret_expires_at = now + timedelta(hours=settings.SPARKFLY_CALLBACK_SECRET_GRACE_HOURS)
-        endpoint.secret = new_secret if new_secret is not None else new_endpoint_secret()
-        endpoint.secret_rotated_at = now
-        endpoint.save(update_fields=["secret", "previous_secret", "previous_secret_expires_at", "secret_rotated_at"])
+        locked = type(endpoint).objects.select_for_update().get(pk=endpoint.pk)
+        if locked.secret:
+            locked.previous_secret = locked.secret
+            locked.previous_secret_expires_at = now + timedelta(hours=settings.SPARKFLY_CALLBACK_SECRET_GRACE_HOURS)
+        locked.secret = new_secret if new_secret is not None else new_endpoint_secret()
+        locked.secret_rotated_at = now
+        locked.save(update_fields=fields)
+    # The caller's object gets the new secret too: sending a stale one to Sparkfly would
+    # install a URL that stops working when the grace period ends.
+    for name in fields:
+        setattr(endpoint, name, getattr(locked, name))
 
 
 def prune_requests(*, now: datetime | None = None, batch: int = 5000) -> int:

@@ -290,6 +290,7 @@ def test_too_many_extra_keys_are_refused(client, endpoint):
 def test_after_a_rotation_the_previous_secret_works_until_its_grace_period_ends(client, endpoint, settings):
     old = endpoint.secret
     inbound.rotate_secret(endpoint)
+    assert endpoint.secret != old and endpoint.previous_secret == old  # the caller's object is current
     endpoint.refresh_from_db()
     assert endpoint.secret != old and endpoint.previous_secret == old
 
