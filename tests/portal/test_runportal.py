@@ -18,6 +18,7 @@ from django.contrib.auth import get_user_model
 from portal.management.commands.runportal import _ensure_demo_admin
 from attentive_sync.models import AttentiveSettings
 from sparkfly_sync.models import Member
+from sparkfly_sync.client import SparkflyClient
 from tests.conftest import database_url_for_subprocess
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -85,12 +86,43 @@ def test_runportal_serves_the_whole_portal_and_stops_everything_on_ctrl_c(tmp_pa
         assert signed_in.url.endswith("/admin/") and "Log out" in signed_in.text
         # The worker's periodic job mirrors the sandbox with no one asking.
         wait_for(lambda: Member.objects.count() == 120, 90, "the worker to mirror the sandbox's 120 members")
+        # The sandbox's channels call the portal: a redemption there reaches Attentive's sandbox.
+        sparkfly = SparkflyClient(base_url=f"http://127.0.0.1:{sandbox_port}", identity="sandbox", key="sandbox")
+        wait_for(
+            lambda: all(
+                (item["channel"]["conversion_callback_url"] or "").startswith(f"{base}/hooks/sparkfly/channels/")
+                for item in sparkfly.get("/v1.0/channels")["channels"]
+            ),
+            60,
+            "every sandbox channel to have the portal's conversion callback",
+        )
+        credential = _redeem_at_the_sandbox(sparkfly)
+        received = wait_for(
+            lambda: answers(f"http://127.0.0.1:{attentive_port}/_sandbox/received").json()["events"], 60,
+            "the redemption to reach the Attentive sandbox",
+        )
+        assert [event["body"]["type"] for event in received] == ["sparkfly.member.offer_state_redeemed"]
+        assert received[0]["body"]["properties"]["credential_identifier"] == credential["identifier"]
     finally:
         launcher.send_signal(signal.SIGINT)
         output, _ = launcher.communicate(timeout=30)
     assert f"admin       {base}/admin/   login: {login}" in output
     assert answers(f"{base}/healthz") is None and answers(f"http://127.0.0.1:{sandbox_port}/auth") is None
     assert answers(f"http://127.0.0.1:{attentive_port}/_sandbox/received") is None
+
+
+def _redeem_at_the_sandbox(sparkfly: SparkflyClient) -> dict:
+    """Issue a credential for a running offer to a member, and redeem it; returns the credential."""
+    from datetime import datetime, timezone
+
+    for item in sparkfly.get("/v1.0/offers", per_page=100)["offers"]:
+        offer = sparkfly.get(f"/v1.0/offers/{item['offer']['id']}")["offer"]
+        if offer["status"] == "approved" and offer["channels"] and datetime.fromisoformat(offer["expires_at"]) > datetime.now(timezone.utc):
+            break
+    member_id = sparkfly.get("/v1.0/members", per_page=1)["members"][0]["member"]["id"]
+    fields = {"member_id": member_id, "channel_id": offer["channels"][0]["channel"]["id"], "offer_id": offer["id"]}
+    credential = sparkfly.request("POST", "/v1.0/credentials", json_body={"credential": fields}, idempotent=False)["credential"]
+    return sparkfly.request("PUT", f"/v1.0/credentials/{credential['id']}/redeem")["credential"]
 
 
 @pytest.mark.django_db

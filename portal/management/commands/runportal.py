@@ -2,8 +2,9 @@
 
 Migrates, makes sure a demo administrator exists, then starts and watches three processes:
 the web server, the procrastinate worker and — when no Sparkfly credentials are configured —
-the Sparkfly sandbox, which the web server and worker are then pointed at. Ctrl-C stops all
-of them; if one dies, the others are stopped too, so nothing is left half-running.
+the Sparkfly sandbox, which the web server and worker are then pointed at, and whose channels
+and event notifications are pointed at the portal (`sparkfly_callbacks --apply`). Ctrl-C stops
+all of them; if one dies, the others are stopped too, so nothing is left half-running.
 """
 
 from __future__ import annotations
@@ -53,6 +54,9 @@ class Command(BaseCommand):
         login = _ensure_demo_admin(Path(settings.DATA_DIR) / "demo-admin.txt")
 
         env = dict(os.environ)
+        base = f"http://{host}:{port}"
+        # Where the sandbox's callbacks reach this portal (a deployment sets its public URL).
+        env.setdefault("PORTAL_PUBLIC_URL", base)
         manage = [sys.executable, str(Path(settings.BASE_DIR) / "manage.py")]
         processes: dict[str, list[str]] = {}
         if use_sandbox:
@@ -71,7 +75,6 @@ class Command(BaseCommand):
         processes["worker"] = manage + ["procrastinate", "worker"]
 
         children = {name: subprocess.Popen(command, env=env) for name, command in processes.items()}
-        base = f"http://{host}:{port}"
         self.stdout.write(self.style.SUCCESS("\nThe portal is starting:"))
         self.stdout.write(f"  portal      {base}/")
         self.stdout.write(f"  admin       {base}/admin/   login: {login}")
@@ -84,7 +87,26 @@ class Command(BaseCommand):
                 f"  attentive   {attentive_url}  (Attentive simulator; what it received: {attentive_url}/_sandbox/received)"
             )
         self.stdout.write("Press Ctrl-C to stop everything.\n")
+        if use_sandbox:
+            self._connect_sandbox(manage, env, sandbox_port)
         self._watch(children)
+
+    def _connect_sandbox(self, manage: list[str], env: dict, sandbox_port: int) -> None:
+        """Point the sandbox's channels and event notifications at this portal, so a redemption
+        at the sandbox flows through the portal to Attentive with no setup by hand."""
+        deadline = time.monotonic() + 30
+        while not _port_in_use("127.0.0.1", sandbox_port):
+            if time.monotonic() > deadline:
+                self.stderr.write("the sandbox did not start listening within 30 s; callbacks not set up")
+                return
+            time.sleep(0.2)
+        steps = [manage + ["sync_sparkfly", "channels"], manage + ["sparkfly_callbacks", "--apply"]]
+        for step in steps:
+            done = subprocess.run(step, env=env, stdout=subprocess.DEVNULL)
+            if done.returncode != 0:
+                self.stderr.write(f"`{' '.join(step[2:])}` failed; run it again once the portal is up")
+                return
+        self.stdout.write("  The sandbox's channels now call this portal on every redemption (sparkfly_callbacks).")
 
     def _watch(self, children: dict[str, subprocess.Popen]) -> None:
         # Explicit handlers: a process started with SIGINT ignored (a background job of a
