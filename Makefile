@@ -24,9 +24,15 @@ run: setup
 test: setup
 	$(BIN)/python -m pytest
 
+# The ingest benchmark's load generator is wrk (a Debian package), installed when missing.
 bench: setup
+	@command -v wrk >/dev/null || { \
+		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+		$$SUDO apt-get install -y wrk || { $$SUDO apt-get update && $$SUDO apt-get install -y wrk; }; }
 	$(BIN)/python benchmarks/sync.py
 	$(BIN)/python benchmarks/drain.py
+	$(BIN)/python benchmarks/ingest.py
+	$(BIN)/python benchmarks/latency.py
 
 stop-db: setup
 	$(BIN)/python manage.py embedded_db stop
