@@ -76,14 +76,31 @@ class Arrival:
             remote = None  # a unix socket, or a proxy that sets no address
         return cls(
             kind=kind,
-            endpoint_uuid=endpoint_uuid[:100],
-            method=request.method[:10],
+            endpoint_uuid=storable(endpoint_uuid[:100]),
+            method=storable(request.method[:10]),
             remote_addr=remote,
             headers={
-                name: request.headers[name][:MAX_HEADER_VALUE] for name in KEPT_HEADERS if name in request.headers
+                name: storable(request.headers[name][:MAX_HEADER_VALUE])
+                for name in KEPT_HEADERS
+                if name in request.headers
             },
-            query=request.META.get("QUERY_STRING", ""),
+            query=storable(request.META.get("QUERY_STRING", "")),
         )
+
+
+def storable(text: str) -> str:
+    """Text PostgreSQL can store: NUL and unpaired surrogates (which a URL or JSON escape can
+    carry) replaced. Used on what is recorded about a request, so even a request refused for
+    carrying them is kept."""
+    return text.replace("\x00", "\ufffd").encode("utf-8", "replace").decode("utf-8")
+
+
+def _storable_errors(errors):
+    if isinstance(errors, dict):
+        return {storable(str(key)): _storable_errors(value) for key, value in errors.items()}
+    if isinstance(errors, list):
+        return [_storable_errors(item) for item in errors]
+    return storable(errors) if isinstance(errors, str) else errors
 
 
 class Rejected(Exception):
@@ -280,7 +297,9 @@ def record_notification(
 
 
 def record_rejection(arrival: Arrival, rejection: Rejected) -> InboundRequest:
-    return _record(arrival, rejection.status, InboundRequest.Outcome.REJECTED, errors=rejection.as_answer())
+    return _record(
+        arrival, rejection.status, InboundRequest.Outcome.REJECTED, errors=_storable_errors(rejection.as_answer())
+    )
 
 
 def _record(arrival: Arrival, status: int, outcome: str, **links) -> InboundRequest:

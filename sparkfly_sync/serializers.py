@@ -33,7 +33,7 @@ def parse_sparkfly_time(text: str) -> datetime:
     """An instant as Sparkfly may write it: RFC 3339 / ISO 8601 (``Z``, ``+00:00``, ``+0000``),
     Rails' ``2024-05-01 12:00:00 UTC``, or either with its "+" turned into a space by URL
     decoding. A time without an offset is UTC (Sparkfly's API times are UTC)."""
-    value = text.strip()
+    value = text.strip().upper()  # RFC 3339 allows a lower-case "t" and "z"
     if value.endswith(" UTC"):
         value = value[: -len(" UTC")] + "+00:00"
     value = _SPACE_FOR_PLUS.sub(r"\1+\2", value)
@@ -116,6 +116,28 @@ def _short(value, limit: int = 60):
     return text if len(text) <= limit else text[:limit] + "…"
 
 
+def _extra_key_errors(extra: dict) -> dict[str, list[str]]:
+    """Each bad ``conv_ids`` key or value, named (the values are kept as text)."""
+    errors: dict[str, list[str]] = {}
+    if len(extra) > MAX_CONV_IDS:
+        errors["conv_ids"] = [f"at most {MAX_CONV_IDS} extra keys are accepted, got {len(extra)}"]
+    long_keys = [key for key in extra if len(key) > MAX_CONV_ID_KEY]
+    if long_keys:
+        errors.setdefault("conv_ids", []).append(
+            f"keys are at most {MAX_CONV_ID_KEY} characters: {_short(long_keys[0])}"
+        )
+    if "" in extra:
+        errors.setdefault("conv_ids", []).append("a key must not be empty")
+    for key, value in extra.items():
+        if not key or len(key) > MAX_CONV_ID_KEY:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            errors[key] = ["must be a single value (text or a number)"]
+        elif len(str(value)) > MAX_CONV_ID_VALUE:
+            errors[key] = [f"is longer than {MAX_CONV_ID_VALUE} characters"]
+    return errors
+
+
 class ConversionSerializer(serializers.Serializer):
     """The values of one conversion callback (seed 001's field list)."""
 
@@ -140,15 +162,7 @@ class ConversionSerializer(serializers.Serializer):
         # Blank means "Sparkfly could not resolve it": absent, not an empty value.
         named = {key: data[key] for key in self.NAMED if key in data and data[key] not in ("", None)}
         extra = {key: value for key, value in data.items() if key not in self.NAMED}
-        errors = {}
-        if len(extra) > MAX_CONV_IDS:
-            errors["conv_ids"] = [f"at most {MAX_CONV_IDS} extra keys are accepted, got {len(extra)}"]
-        long_keys = [key for key in extra if len(key) > MAX_CONV_ID_KEY]
-        if long_keys:
-            errors["conv_ids"] = [f"keys are at most {MAX_CONV_ID_KEY} characters: {_short(long_keys[0])}"]
-        not_text = [key for key, value in extra.items() if not isinstance(value, (str, int, float)) or isinstance(value, bool)]
-        if not_text:
-            errors[not_text[0]] = ["must be a single value (text or a number)"]
+        errors = _extra_key_errors(extra)
         if "offer_id" not in named and "offer_ids" not in named:
             errors["offer_id"] = ["is required"]
         if extra and not errors:

@@ -19,7 +19,13 @@ from urllib.parse import parse_qsl
 from django.db import DatabaseError, transaction
 from django.utils.decorators import method_decorator
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse, extend_schema
+from drf_spectacular.utils import (
+    OpenApiExample,
+    OpenApiParameter,
+    OpenApiResponse,
+    extend_schema,
+    extend_schema_field,
+)
 from rest_framework import serializers, status
 from rest_framework.negotiation import BaseContentNegotiation
 from rest_framework.renderers import JSONRenderer
@@ -27,7 +33,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from sparkfly_sync import inbound
-from sparkfly_sync.inbound import MAX_BODY_BYTES, Arrival, Rejected
+from sparkfly_sync.inbound import MAX_BODY_BYTES, Arrival, Rejected, storable
 from sparkfly_sync.models import InboundRequest
 from sparkfly_sync.serializers import (
     DATA_SERIALIZERS,
@@ -48,6 +54,11 @@ FORM = "application/x-www-form-urlencoded"
 JSON = "application/json"
 # More fields than any callback template has; parse_qsl refuses beyond it.
 MAX_FIELDS = 200
+# Deeper than any payload Sparkfly documents, and far from Python's recursion limit (storing a
+# document serialises it recursively).
+MAX_JSON_DEPTH = 32
+# body_size is an integer column; a larger announced size is recorded as this.
+MAX_RECORDED_SIZE = 2**31 - 1
 
 
 class JSONOnly(BaseContentNegotiation):
@@ -138,12 +149,12 @@ class WebhookView(APIView):
             announced = int(request.META.get("CONTENT_LENGTH") or 0)
         except ValueError:
             announced = 0
-        arrival.body_size = announced
+        arrival.body_size = min(announced, MAX_RECORDED_SIZE)
         if announced > MAX_BODY_BYTES:
             raise Rejected(413, f"The body is {announced} bytes; at most {MAX_BODY_BYTES} are accepted.")
         # The Django request under DRF's wrapper: its stream is the raw body, unparsed.
         body = request._request.read(MAX_BODY_BYTES + 1)
-        arrival.body_size = max(announced, len(body))
+        arrival.body_size = min(max(announced, len(body)), MAX_RECORDED_SIZE)
         if len(body) > MAX_BODY_BYTES:
             raise Rejected(413, f"The body is over {MAX_BODY_BYTES} bytes; at most {MAX_BODY_BYTES} are accepted.")
         arrival.body = body
@@ -157,7 +168,8 @@ def _conversion_values(request, arrival: Arrival) -> dict:
     with different values is refused (which would we believe?)."""
     sources = [_pairs(arrival.query, "query string")]
     if arrival.body.strip():
-        content_type = (request.content_type or "").lower()
+        # Django's parsed media type, without parameters such as "; charset=utf-8".
+        content_type = (request._request.content_type or "").lower()
         if content_type == JSON:
             sources.append(_json_pairs(arrival.body))
         elif content_type in (FORM, ""):
@@ -169,18 +181,28 @@ def _conversion_values(request, arrival: Arrival) -> dict:
                 f"a form body ({FORM}) or a JSON object ({JSON}).",
             )
     values: dict = {}
-    conflicts: dict[str, list[str]] = {}
+    problems: dict[str, list[str]] = {}
     for pairs in sources:
         for key, value in pairs:
+            unstorable = _unstorable_text(key) or (_unstorable_text(value) if isinstance(value, str) else None)
+            if unstorable:
+                # Named as given; the record of the request stores a cleaned copy of the name.
+                problems[key or "body"] = [unstorable]
+                continue
             if value in ("", None):
                 values.setdefault(key, "")
                 continue
-            if values.get(key, "") not in ("", value):
-                conflicts[key] = ["was given more than once, with different values"]
+            if _as_text(values.get(key, "")) not in ("", _as_text(value)):
+                problems[key] = ["was given more than once, with different values"]
             values[key] = value
-    if conflicts:
-        raise Rejected(400, "Rejected: " + ", ".join(sorted(conflicts)) + " given twice.", conflicts)
+    if problems:
+        raise _invalid(problems)
     return values
+
+
+def _as_text(value) -> str:
+    """A value as Sparkfly would write it in a URL: JSON 1 and query "1" are the same value."""
+    return value if isinstance(value, str) else json.dumps(value)
 
 
 def _text(body: bytes) -> str:
@@ -201,14 +223,70 @@ def _pairs(text: str, where: str) -> list[tuple[str, str]]:
         ) from None
 
 
+class _RefusedJSON(ValueError):
+    pass
+
+
+def _no_constant(name: str):
+    raise _RefusedJSON(f"{name} is not a JSON number")
+
+
+def _no_repeated_keys(pairs: list[tuple[str, object]]) -> dict:
+    keys = [key for key, _ in pairs]
+    if len(set(keys)) != len(keys):
+        repeated = next(key for key in keys if keys.count(key) > 1)
+        raise _RefusedJSON(f"the key {storable(repeated)!r} is given more than once")
+    return dict(pairs)
+
+
 def _json_object(body: bytes) -> dict:
+    """The body as a JSON object that PostgreSQL can store as it is: standard JSON (no NaN), no
+    key given twice (which one would count?), nested at most MAX_JSON_DEPTH deep, and no text
+    jsonb refuses (NUL, unpaired surrogates)."""
     try:
-        document = json.loads(_text(body))
+        document = json.loads(_text(body), parse_constant=_no_constant, object_pairs_hook=_no_repeated_keys)
+    except _RefusedJSON as exc:
+        raise Rejected(400, f"Rejected: {exc}.", {"body": [str(exc)]}) from None
     except (ValueError, RecursionError):
         raise Rejected(400, "Rejected: the body is not valid JSON.", {"body": ["is not valid JSON"]}) from None
     if not isinstance(document, dict):
         raise Rejected(400, "Rejected: the body must be a JSON object.", {"body": ["must be a JSON object"]})
+    problem = _unstorable_json(document)
+    if problem:
+        raise Rejected(400, f"Rejected: the body {problem}.", {"body": [problem]})
     return document
+
+
+def _unstorable_text(text: str) -> str | None:
+    if "\x00" in text:
+        return "contains a NUL character"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "contains text that is not valid Unicode (an unpaired surrogate)"
+    return None
+
+
+def _unstorable_json(document) -> str | None:
+    """Walked without recursion: the document may be nested as deep as 64 KB allows."""
+    pending = [(document, 1)]
+    while pending:
+        value, depth = pending.pop()
+        if depth > MAX_JSON_DEPTH:
+            return f"is nested more than {MAX_JSON_DEPTH} levels deep"
+        if isinstance(value, str):
+            problem = _unstorable_text(value)
+            if problem:
+                return problem
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                problem = _unstorable_text(key)
+                if problem:
+                    return f"has a key that {problem}"
+                pending.append((item, depth + 1))
+        elif isinstance(value, list):
+            pending.extend((item, depth + 1) for item in value)
+    return None
 
 
 def _json_pairs(body: bytes) -> list[tuple[str, object]]:
@@ -217,6 +295,11 @@ def _json_pairs(body: bytes) -> list[tuple[str, object]]:
 
 CONVERSION_FIELDS = [
     OpenApiParameter(name, OpenApiTypes.STR, OpenApiParameter.QUERY, required=name in ("credential_id", "redeemed_at"))
+    for name in ConversionSerializer.NAMED
+]
+# On a POST the values may come in the query string, the body, or split between them.
+CONVERSION_FIELDS_POST = [
+    OpenApiParameter(name, OpenApiTypes.STR, OpenApiParameter.QUERY, required=False)
     for name in ConversionSerializer.NAMED
 ]
 _REJECTIONS = {
@@ -235,15 +318,32 @@ _CONVERSION_ANSWERS = {
 }
 
 
-class ConversionValuesBody(ConversionSerializer):
-    """The same values as a form or JSON body (documented as strings, as Sparkfly writes them)."""
+@extend_schema_field({"oneOf": [{"type": "string"}, {"type": "integer"}]})
+class _TextOrNumber(serializers.Field):
+    pass
 
-    credential_id = serializers.CharField()
-    offer_id = serializers.CharField(required=False)
-    offer_ids = serializers.CharField(required=False)
-    store_id = serializers.CharField(required=False)
-    redeemed_at = serializers.CharField()
-    conv_ids = None
+
+@extend_schema_field(
+    {"oneOf": [{"type": "string"}, {"type": "array", "items": {"oneOf": [{"type": "string"}, {"type": "integer"}]}}]}
+)
+class _IdList(serializers.Field):
+    pass
+
+
+class ConversionValuesBody(serializers.Serializer):
+    """The callback's values as a form or JSON body; any of them may come in the query string
+    instead (so none is required here). Ids may be text or JSON numbers; other keys are
+    ``conv_ids`` annotations."""
+
+    credential_id = _TextOrNumber(required=False)
+    offer_id = _TextOrNumber(required=False)
+    offer_ids = _IdList(required=False)
+    xid = serializers.CharField(required=False)
+    store_id = _TextOrNumber(required=False)
+    redeemed_at = serializers.CharField(required=False)
+    status = serializers.CharField(required=False)
+    sf_uid = serializers.CharField(required=False)
+    sf_ac = serializers.CharField(required=False)
 
 
 class ConversionCallbackView(WebhookView):
@@ -273,7 +373,7 @@ class ConversionCallbackView(WebhookView):
         operation_id="conversion_callback_post",
         summary="Conversion callback (POST)",
         description="As GET; the values may also come as a form or JSON body (merged with the query string).",
-        parameters=CONVERSION_FIELDS,
+        parameters=CONVERSION_FIELDS_POST,
         request={FORM: ConversionValuesBody, JSON: ConversionValuesBody},
         responses=_CONVERSION_ANSWERS,
         tags=["Sparkfly conversion callbacks"],
@@ -295,15 +395,15 @@ class ConversionCallbackView(WebhookView):
 # --- event notifications ------------------------------------------------------------------------------
 
 
-def _event_time(envelope: dict):
+def _event_time(envelope: dict) -> tuple:
+    """The event's own time, and the error of the metadata field that holds it, if bad."""
     for key in EVENT_TIME_KEYS:
         if envelope.get(key) not in (None, ""):
-            field = SparkflyTimeField()
             try:
-                return field.run_validation(envelope[key])
+                return SparkflyTimeField().run_validation(envelope[key]), {}
             except serializers.ValidationError as exc:
-                raise _invalid({key: exc.detail}) from None
-    return None
+                return None, {key: exc.detail}
+    return None, {}
 
 
 class NotificationView(WebhookView):
@@ -362,21 +462,27 @@ class NotificationView(WebhookView):
         self.read_body(request, arrival)
         inbound.verify_signature(arrival, endpoint)
         document = _json_object(arrival.body)
+        errors: dict = {}
         envelope = NotificationEnvelopeSerializer(data=document)
-        if not envelope.is_valid():
-            raise _invalid(envelope.errors)
-        event_name = envelope.validated_data["event_name"]
-        data_serializer = DATA_SERIALIZERS.get(event_name)
+        envelope_valid = envelope.is_valid()
+        if not envelope_valid:
+            errors.update(envelope.errors)
+        event_name = envelope.validated_data["event_name"] if envelope_valid else None
+        data_serializer = DATA_SERIALIZERS.get(event_name) if event_name else None
         if data_serializer is not None:
             data = data_serializer(data=document["data"])
             if not data.is_valid():
-                raise _invalid({"data": data.errors})
+                errors["data"] = data.errors
+        occurred_at, time_errors = _event_time(document)
+        errors.update(time_errors)
+        if errors:
+            raise _invalid(errors)
         notification, created = inbound.record_notification(
             arrival,
             endpoint,
             event_id=inbound.notification_event_id(document, arrival.body),
             event_name=event_name,
-            occurred_at=_event_time(document),
+            occurred_at=occurred_at,
             payload=document,
             handled=data_serializer is not None,
         )
