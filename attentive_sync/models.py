@@ -6,6 +6,10 @@
   ``DeliveryAttempt`` one HTTP try of it.
 * ``RateLimitState`` holds the shared rate limiter's clock, so every worker on every machine
   draws from one budget per token (see ``ratelimit.py``).
+* ``SubscriptionState`` is what the portal last learned of one person's subscription per
+  channel and type (``subscriptions.py``), and ``IdentityLink`` whether their clientUserId is
+  tied to their phone and email at Attentive (``identity.py``). Both are keyed by the
+  clientUserId the caller gives: this app knows nothing of who the people are.
 """
 
 from __future__ import annotations
@@ -66,6 +70,13 @@ class AttentiveSettings(models.Model):
         default=DEFAULT_MAX_EVENT_AGE,
         validators=[validate_max_event_age],
         help_text="Nothing is sent once an event is older than this (under Attentive's 12 h journey cutoff).",
+    )
+    auto_subscribe_on_enrollment = models.BooleanField(
+        "subscribe members when they enroll",
+        default=False,
+        help_text="When Sparkfly reports a new loyalty enrollment, subscribe the member in Attentive by phone "
+        "and email through the sign-up source above (Attentive texts them to confirm). Someone already "
+        "subscribed is not subscribed again, and someone who unsubscribed is left alone.",
     )
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -196,3 +207,85 @@ class RateLimitState(models.Model):
 
     def __str__(self) -> str:
         return self.key
+
+
+class SubscriptionState(models.Model):
+    """What the portal last learned of one person's subscription for one channel and type:
+    from Attentive's answer to a subscribe, an eligibility check or an unsubscribe, or the
+    portal's own reason for not asking."""
+
+    class Channel(models.TextChoices):
+        TEXT = "TEXT", "text (SMS)"
+        EMAIL = "EMAIL", "email"
+
+    class Status(models.TextChoices):
+        # Attentive's ``isEligible``: the subscription exists and may be messaged.
+        SUBSCRIBED = "subscribed", "subscribed (eligible)"
+        NOT_ELIGIBLE = "not_eligible", "not eligible (no subscription, or opted out)"
+        UNSUBSCRIBED = "unsubscribed", "unsubscribed"
+        REFUSED = "refused", "not sent: the portal declined"
+        FAILED = "failed", "failed"
+
+    class Action(models.TextChoices):
+        SUBSCRIBE = "subscribe"
+        ELIGIBILITY = "eligibility", "eligibility check"
+        UNSUBSCRIBE = "unsubscribe"
+
+    client_user_id = models.CharField("clientUserId", max_length=255)
+    channel = models.CharField(max_length=5, choices=Channel.choices)
+    # MARKETING, TRANSACTIONAL or CHECKOUT_ABANDONED as Attentive names it; empty for what the
+    # portal recorded before Attentive named a type (an error, a contact it has no subscription for).
+    subscription_type = models.CharField("type", max_length=30, blank=True)
+    address = models.CharField("phone or email used", max_length=254)
+    status = models.CharField(max_length=20, choices=Status.choices)
+    last_action = models.CharField(max_length=20, choices=Action.choices)
+    attentive_status = models.CharField(
+        "Attentive's word", max_length=40, blank=True,
+        help_text="NEWLY_CREATED, PREVIOUSLY_CREATED, NEWLY_UNSUBSCRIBED, PREVIOUSLY_UNSUBSCRIBED, isEligible=…",
+    )
+    note = models.TextField(blank=True, help_text="Why nothing was sent, or Attentive's error.")
+    response = models.JSONField("Attentive's answer", default=dict, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["client_user_id", "channel", "subscription_type"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["client_user_id", "channel", "subscription_type"], name="subscription_state_unique"
+            )
+        ]
+
+    def __str__(self) -> str:
+        kind = f"{self.channel} {self.subscription_type}".strip()
+        return f"{self.client_user_id} {kind}: {self.get_status_display()}"
+
+
+class IdentityLink(models.Model):
+    """Whether a clientUserId is tied to its phone and email at Attentive (Identity API).
+
+    ``phone``/``email`` are the contacts to link; ``contacts_digest`` is a keyed digest of the
+    set last linked, so an unchanged set is never sent twice and a changed one is.
+    """
+
+    client_user_id = models.CharField("clientUserId", max_length=255, unique=True)
+    phone = models.CharField("phone (E.164)", max_length=16, blank=True)
+    email = models.CharField(max_length=254, blank=True)
+    pending = models.BooleanField(default=False, help_text="These contacts still have to be linked.")
+    contacts_digest = models.CharField(
+        max_length=64, blank=True, help_text="HMAC of the clientUserId, phone and email last linked."
+    )
+    requested_at = models.DateTimeField(null=True, blank=True)
+    linked_at = models.DateTimeField(null=True, blank=True)
+    attempted_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["client_user_id"]
+        indexes = [
+            models.Index(
+                fields=["requested_at"], condition=models.Q(pending=True), name="identity_link_pending"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return self.client_user_id
