@@ -16,6 +16,9 @@ The inbound side (after dj-stripe's WebhookEndpoint and WebhookEventTrigger) is 
 the endpoints Sparkfly calls (``ConversionEndpoint`` per channel, ``NotificationEndpoint`` for
 signed event notifications, each with a rotating secret), ``InboundRequest`` (every request,
 valid or not), and what accepted requests became: ``Redemption`` and ``Notification``.
+
+Last, issuance: ``IssuanceRequest`` (one credential issued to one member, by idempotency key)
+and ``IssuanceBatch`` (an issuance to many members, run by a background job).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from __future__ import annotations
 import secrets
 import uuid
 
+from django.conf import settings
 from django.contrib.postgres.fields import ArrayField
 from django.contrib.postgres.indexes import GinIndex
 from django.db import models
@@ -442,3 +446,111 @@ class Notification(models.Model):
 
     def __str__(self) -> str:
         return f"{self.event_name} {self.event_id}"
+
+
+# =================================================================================================
+# Issuance: credentials the portal asked Sparkfly to issue (``sparkfly_sync.issuance``)
+# =================================================================================================
+
+
+class IssuanceBatch(models.Model):
+    """One issuance to many members (the admin's action, or ``manage.py issue_credentials``),
+    run member by member by a background job. Its counters move in the transaction that
+    settles each member's ``IssuanceRequest``, so the progress shown is always exact."""
+
+    class State(models.TextChoices):
+        QUEUED = "queued"  # waiting for a worker
+        RUNNING = "running"
+        DONE = "done"  # every member settled, or the job stopped early (see ``failure``)
+
+    # The bulk form's key: submitting it twice queues one batch.
+    idempotency_key = models.UUIDField("idempotency key", unique=True, default=uuid.uuid4, editable=False)
+    channel = _sparkfly_relation("Channel", "+")
+    offer_ids = ArrayField(models.BigIntegerField(), help_text="Sparkfly offer ids")
+    member_ids = ArrayField(models.BigIntegerField(), help_text="Sparkfly member ids, in the order they are issued to")
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    state = models.CharField(max_length=20, choices=State.choices, default=State.QUEUED, db_index=True)
+    issued = models.PositiveIntegerField(default=0)
+    refused = models.PositiveIntegerField(default=0, help_text="refused by the mirror's checks or by Sparkfly")
+    failed = models.PositiveIntegerField(default=0, help_text="Sparkfly unreachable or failing; can be retried")
+    failure = models.TextField(blank=True, help_text="why the job stopped before the last member")
+
+    class Meta:
+        verbose_name = "issuance batch"
+        verbose_name_plural = "issuance batches"
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"Issuance to {len(self.member_ids)} members ({self.state})"
+
+    @property
+    def total(self) -> int:
+        return len(self.member_ids)
+
+    @property
+    def settled(self) -> int:
+        return self.issued + self.refused + self.failed
+
+
+class IssuanceRequest(models.Model):
+    """One credential issuance to one member, keyed by its idempotency key.
+
+    A second submission of the same key returns this row's result instead of issuing again.
+    ``credential`` is recorded as soon as Sparkfly creates the credential, so a retry resumes
+    at attaching the offers rather than creating a second credential.
+    """
+
+    class State(models.TextChoices):
+        PENDING = "pending"  # not settled yet (or being issued right now)
+        ISSUED = "issued"
+        REFUSED = "refused"  # by the mirror's checks or by Sparkfly: ``reason`` says why
+        FAILED = "failed"  # Sparkfly unreachable or failing: submitting the same key again retries
+
+    idempotency_key = models.UUIDField("idempotency key", unique=True)
+    batch = models.ForeignKey(
+        IssuanceBatch, null=True, blank=True, on_delete=models.PROTECT, related_name="requests", db_index=False
+    )
+    member = _sparkfly_relation("Member", "issuance_requests")
+    channel = _sparkfly_relation("Channel", "+")
+    offer_ids = ArrayField(models.BigIntegerField(), help_text="Sparkfly offer ids")
+    state = models.CharField(max_length=20, choices=State.choices, default=State.PENDING)
+    # Indexed by the unique constraint below.
+    credential = models.ForeignKey(
+        "Credential", to_field="sparkfly_id", db_constraint=False, db_index=False, null=True, blank=True,
+        on_delete=models.DO_NOTHING, related_name="+",
+    )
+    # Set before a POST is sent and cleared when Sparkfly's answer arrives: a POST whose answer
+    # never came may still have created a credential, which the next try looks for first.
+    awaiting_creation = models.BooleanField(default=False)
+    code = models.CharField("credential code", max_length=255, blank=True, db_index=True)
+    reason = models.TextField(
+        blank=True, help_text="why it was refused or failed, in Sparkfly's words; or why an issued one was not forwarded"
+    )
+    attempts = models.PositiveIntegerField(default=0, help_text="times it was sent to Sparkfly")
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name = "issuance request"
+        ordering = ["-created_at"]
+        permissions = [("issue_credentials", "Can issue credentials through Sparkfly")]
+        constraints = [models.UniqueConstraint(fields=["credential"], name="issuance_one_request_per_credential")]
+        indexes = [
+            models.Index(fields=["state", "-created_at"], name="issuance_state_recent"),
+            models.Index(fields=["batch", "state"], name="issuance_batch_state"),
+        ]
+
+    def __str__(self) -> str:
+        return f"Issuance to member {self.member_id} ({self.state})"
+
+    @property
+    def settled(self) -> bool:
+        return self.state != self.State.PENDING
