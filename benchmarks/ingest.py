@@ -11,8 +11,9 @@ the query string as Sparkfly sends them). Measured in the same run, as reference
     the same gunicorn configuration with the portal's settings and middleware, loaded the same;
 (b) ``pgbench`` single-row INSERTs into a scratch table, as many clients, as long.
 
-Prints requests/s and p50/p99 of each, and checks that no request failed and that every 202
-left its Redemption row. Goals (issue, on this 2-core machine): the portal reaches >= 0.8x the
+The cells run interleaved (portal, bare DRF, pgbench at 4 connections, then at 16), and each
+prints the CPU other processes used meanwhile: this machine is shared. Prints requests/s and
+p50/p99 of each, and checks that no request failed and that every 202 left its row. Goals (issue, on this 2-core machine): the portal reaches >= 0.8x the
 bare DRF figure at each concurrency, and its p99 at 16 connections is <= 50 ms. A missed goal
 is printed as MISSED (the exit status stays 0); a failed check exits 1.
 """
@@ -58,6 +59,7 @@ GOAL_P99_CONNECTIONS = 16
 
 BARE_TABLE = "bench_bare_insert"  # bare_drf.TABLE
 PGBENCH_TABLE = "bench_pgbench_insert"
+PGBENCH_NAME = "pgbench single-row INSERT"
 CHANNEL_ID = 451  # the sandbox's first channel; the endpoint needs no mirror to record
 # The other values of the callback, as the Sparkfly sandbox substitutes them.
 OFFER_ID, STORE_ID, XID = 1701, 3001, "Qx7pL2a"
@@ -209,7 +211,7 @@ def run_pgbench(pgbench: str, settings_dict: dict, connections: int, seconds: fl
     ok = failures == 0 and rows == transactions
     check = f"{transactions:,} commits, {rows:,} rows" + ("" if ok else f"; {failures} failed  CHECK FAILED")
     return Cell(
-        "pgbench single-row INSERT", connections, float(tps.group(1)),
+        PGBENCH_NAME, connections, float(tps.group(1)),
         percentile(latencies_us, 0.50) / 1000, percentile(latencies_us, 0.99) / 1000, check, ok, others,
     )
 
@@ -302,21 +304,27 @@ def main() -> None:
             ("portal conversion endpoint", "portal.wsgi:application", None, "/healthz", portal_path, count_redemptions),
             ("bare DRF, one INSERT", "bare_drf:application", str(ROOT / "benchmarks"), "/", "/bare/conversions", count_bare),
         ]
+        servers = []
         for index, (system, app, pythonpath, ready, path, count_rows) in enumerate(systems):
             server, base_url = start_gunicorn(
                 app, config, env, pythonpath=pythonpath, ready_path=ready, log_path=workdir / f"gunicorn-{index}.log"
             )
             processes.append(server)
-            try:
-                for position, connections in enumerate(concurrencies):
-                    first_id = (index * 10 + position + 1) * 10**12
-                    cells.append(load(system, wrk, script, base_url, connections, args, first_id, path + "?credential_id=", suffix, count_rows))
-            finally:
-                stop_processes([server])
+            servers.append(base_url)
         statement = f"INSERT INTO {PGBENCH_TABLE} (query) VALUES ('{sample_query}');"
-        for connections in concurrencies:
+        # Interleaved (portal, bare, pgbench at each concurrency; an idle server costs nothing),
+        # so a slow change in the machine's other load touches the three alike.
+        for position, connections in enumerate(concurrencies):
+            for index, (system, _, _, _, path, count_rows) in enumerate(systems):
+                first_id = (index * 10 + position + 1) * 10**12
+                cells.append(
+                    load(system, wrk, script, servers[index], connections, args, first_id, path + "?credential_id=", suffix, count_rows)
+                )
             cells.append(run_pgbench(pgbench, connection.settings_dict, connections, args.seconds, workdir, statement))
+        stop_processes(processes)
 
+    order = [name for name, *_ in systems] + [PGBENCH_NAME]
+    cells.sort(key=lambda cell: (order.index(cell.system), cell.connections))
     rows = [
         [
             cell.system, str(cell.connections), f"{cell.rate:,.0f}", f"{cell.p50_ms:.1f}", f"{cell.p99_ms:.1f}",
