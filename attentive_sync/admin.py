@@ -9,6 +9,8 @@
 * Deliveries are an audit log: read-only, their attempts inline, counts by status above the
   list, and two actions calling the delivery services: "Retry now", and "Replay", which asks
   first because it sends delivered events to Attentive again.
+* Subscription states and identity links are read-only records of what Attentive answered;
+  they are changed from the pages of the people they belong to (members, on the Sparkfly side).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from django.utils.timesince import timesince
 from attentive_sync import delivery as delivery_services
 from attentive_sync.client import AttentiveClient
 from attentive_sync.errors import AttentiveAuthError, AttentiveError
-from attentive_sync.models import AttentiveSettings, Delivery, DeliveryAttempt
+from attentive_sync.models import AttentiveSettings, Delivery, DeliveryAttempt, IdentityLink, SubscriptionState
 from attentive_sync.registry import event_types
 
 # Both actions lock and queue every selected delivery while the admin waits: a few thousand
@@ -82,7 +84,10 @@ class AttentiveSettingsForm(forms.ModelForm):
 
     class Meta:
         model = AttentiveSettings
-        fields = ("api_url", "sign_up_source_id", "enabled", "rate_limit_per_second", "max_event_age")
+        fields = (
+            "api_url", "sign_up_source_id", "enabled", "rate_limit_per_second", "max_event_age",
+            "auto_subscribe_on_enrollment",
+        )
         # Attentive is only served over https: a URL typed without a scheme means that.
         field_classes = {"api_url": partial(forms.URLField, assume_scheme="https")}
         help_texts = {
@@ -157,6 +162,7 @@ class AttentiveSettingsAdmin(admin.ModelAdmin):
     fieldsets = (
         ("Connection", {"fields": ("new_api_key", "clear_api_key", "api_url", "sign_up_source_id")}),
         ("Sending", {"fields": ("enabled", "forwarded_event_types", "rate_limit_per_second", "max_event_age")}),
+        ("Subscriptions", {"fields": ("auto_subscribe_on_enrollment",)}),
         (None, {"fields": ("updated_at",)}),
     )
     readonly_fields = ("updated_at",)
@@ -164,6 +170,7 @@ class AttentiveSettingsAdmin(admin.ModelAdmin):
     view_only_fieldsets = (
         ("Connection", {"fields": ("stored_api_key", "api_url", "sign_up_source_id")}),
         ("Sending", {"fields": ("enabled", "disabled_event_types", "rate_limit_per_second", "max_event_age")}),
+        ("Subscriptions", {"fields": ("auto_subscribe_on_enrollment",)}),
         (None, {"fields": ("updated_at",)}),
     )
 
@@ -430,3 +437,61 @@ class DeliveryAdmin(admin.ModelAdmin):
             "select_across": request.POST.get("select_across", "0"),
         }
         return TemplateResponse(request, "admin/action_confirmation.html", context)
+
+
+# --- subscriptions and identity ---------------------------------------------------------------
+
+
+class ReadOnlyRecordAdmin(admin.ModelAdmin):
+    """What Attentive answered: written by the services only."""
+
+    list_per_page = 100
+    show_full_result_count = False
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(SubscriptionState)
+class SubscriptionStateAdmin(ReadOnlyRecordAdmin):
+    list_display = (
+        "client_user_id", "channel", "subscription_type", "status", "attentive_status", "last_action", "updated_at",
+        "note_excerpt",
+    )
+    list_filter = ("status", "channel", "subscription_type", "last_action")
+    search_fields = ("client_user_id__exact", "address__exact")
+    search_help_text = "An exact clientUserId, phone (E.164) or email."
+    fields = readonly_fields = (
+        "client_user_id", "channel", "subscription_type", "address", "status", "last_action", "attentive_status",
+        "note", "updated_at", "response_json",
+    )
+
+    @admin.display(description="note", ordering="note")
+    def note_excerpt(self, state):
+        return Truncator(state.note).chars(LIST_ERROR_CHARS)
+
+    @admin.display(description="Attentive's answer")
+    def response_json(self, state):
+        dumped = json.dumps(state.response, indent=2, ensure_ascii=False)
+        return format_html('<pre style="white-space: pre-wrap">{}</pre>', dumped)
+
+
+@admin.register(IdentityLink)
+class IdentityLinkAdmin(ReadOnlyRecordAdmin):
+    list_display = ("client_user_id", "pending", "linked_at", "attempted_at", "last_error_excerpt")
+    list_filter = ("pending",)
+    search_fields = ("client_user_id__exact",)
+    search_help_text = "An exact clientUserId."
+    fields = readonly_fields = (
+        "client_user_id", "phone", "email", "pending", "requested_at", "linked_at", "attempted_at", "last_error",
+    )
+
+    @admin.display(description="last error", ordering="last_error")
+    def last_error_excerpt(self, link):
+        return Truncator(link.last_error).chars(LIST_ERROR_CHARS)
