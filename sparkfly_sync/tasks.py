@@ -100,3 +100,15 @@ def prune_inbound_requests(timestamp: int) -> None:
     deleted = prune_requests()
     if deleted:
         logger.info("pruned %d webhook request records", deleted)
+
+
+# --- issuance: a credential for each of many members -------------------------------------------------
+
+
+@app.task(name="sparkfly_sync.issue_credentials_batch", queue="issuance")
+def issue_credentials_batch(batch_id: int) -> None:
+    """Issue a batch's credentials member by member (``issuance.issue_batch``); queued with a
+    lock per batch, so two workers never run the same batch at once."""
+    from sparkfly_sync import issuance
+
+    issuance.issue_batch(batch_id)

@@ -1,0 +1,576 @@
+"""Credential issuance: the portal asks Sparkfly for a credential (a member's redeemable code)
+for a channel and one or more offers, mirrors it, and tells Attentive.
+
+The steps are the ones Sparkfly's credentials guide shows (seed 001, "Associating Multiple
+Offers"):
+
+1. check what the mirror knows (``local_refusal``), phrased exactly as Sparkfly phrases the
+   same refusal (seed 001 "Validations and Errors"; the sandbox's ``_credential_errors``), so a
+   person learns why before anything is created at Sparkfly;
+2. ``POST /v1.0/credentials?member_id=…&channel_id=…`` creates the credential, still without a
+   code; its id is recorded at once;
+3. ``PUT /v1.0/credentials/{id}?channel_id=…&offer_ids=1,2`` attaches the offers, and Sparkfly
+   generates the code;
+4. one transaction mirrors the credential, forwards one ``sparkfly.member.offer_state_created``
+   per offer through the outbox (``attentive_sync.delivery.forward``) and marks the request
+   issued.
+
+Never twice. Each issuance is an ``IssuanceRequest`` keyed by an idempotency key (the admin
+form's hidden field, or one derived from the batch and the member):
+
+* a key already issued or refused returns that result and calls nobody;
+* a key being issued right now by another process (a PostgreSQL advisory lock on the key,
+  held on the connection, not in a transaction, so the credential id commits the moment
+  Sparkfly answers the POST) is returned pending;
+* a key that failed (Sparkfly unreachable or failing) is tried again: from the PUT when the
+  credential exists, and after a POST whose answer was lost, only once Sparkfly's list of the
+  member's credentials shows that the POST created nothing.
+
+Refused (Sparkfly's 4xx, or the mirror's checks) is final and carries Sparkfly's own words;
+failed (connection errors, 5xx, 429, a rejected key, an unreadable answer) carries the error as
+the client reports it, Sparkfly's message included.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.db.models import F
+from django.db.models.functions import Coalesce
+from django.utils import timezone
+
+from attentive_sync.delivery import forward
+from attentive_sync.events import CustomEvent, InvalidEvent
+from sparkfly_sync import events, payloads
+from sparkfly_sync.client import CREDENTIALS_PATH, SparkflyClient, client_from_settings
+from sparkfly_sync.errors import (
+    SparkflyAuthError,
+    SparkflyConnectionError,
+    SparkflyError,
+    SparkflyRateLimited,
+    SparkflyResponseError,
+    SparkflyServerError,
+    SparkflyValidationError,
+    parse_error_body,
+)
+from sparkfly_sync.forwarding import CannotForward, Mirror
+from sparkfly_sync.models import (
+    Channel,
+    Credential,
+    IssuanceBatch,
+    IssuanceRequest,
+    LoyaltyEnrollment,
+    Member,
+    Offer,
+    OfferChannel,
+    Redemption,
+)
+from sparkfly_sync.sync import resource_for_model
+
+logger = logging.getLogger(__name__)
+
+# ASSUMPTION: client.py names no single-credential path (only the redeem and void ones below it);
+# this is the one seed 001's PUT example uses, and the one the sandbox serves.
+CREDENTIAL_PATH = f"{CREDENTIALS_PATH}/{{credential_id}}"
+
+# Sparkfly's wording of each refusal the mirror can foresee (seed 001 "Validations and
+# Errors", as the sandbox's _credential_errors and _offer_problem send them).
+CHANNEL_BLANK = "Channel can't be blank and must be associated with your account and offer"
+MEMBER_BLANK = "Member can't be blank"
+OFFERS_NOT_ON_CHANNEL = "Offer not found or not eligible by channel, with id: {ids}"
+OFFER_NOT_APPROVED = "offer {name} must be approved to generate a credential"
+OFFER_NOT_ACTIVE = "Offer with ID {id} is no longer active"
+MEMBER_NOT_ELIGIBLE = "Member must be eligible for offer: {name}"
+
+APPROVED = Offer.Status.APPROVED
+SETTLED = (IssuanceRequest.State.ISSUED, IssuanceRequest.State.REFUSED)
+# Errors that say nothing about the request itself: the same request may succeed later.
+RETRYABLE_ERRORS = (
+    SparkflyConnectionError,
+    SparkflyServerError,
+    SparkflyRateLimited,
+    SparkflyAuthError,
+    SparkflyResponseError,
+)
+# After these, Sparkfly may have created the credential without our hearing of it.
+UNANSWERED_ERRORS = (SparkflyConnectionError, SparkflyServerError, SparkflyResponseError)
+# How far Sparkfly's clock may lag ours when a lost POST's credential is looked for.
+CLOCK_SKEW = timedelta(minutes=5)
+# A batch stops after this many members in a row failed: Sparkfly is down, and every further
+# member would only wait out its own timeout. "Retry" picks up where it stopped.
+MAX_FAILURES_IN_A_ROW = 10
+# Fixed for ever: batch keys derived from it must stay the same across restarts.
+BATCH_KEY_NAMESPACE = uuid.UUID("0d7c8f1e-4a52-4f0e-9d0c-1f3a0b6b2e71")
+
+
+class IdempotencyKeyReused(ValueError):
+    """An idempotency key sent again with another member, channel or offers."""
+
+
+# --- the mirror's checks --------------------------------------------------------------------------
+
+
+def mirrored_offers(offer_ids: Iterable[int]) -> dict[int, Offer | None]:
+    """Each requested offer id with its mirrored offer (None when the mirror lacks it), in order."""
+    offer_ids = list(offer_ids)
+    found = Offer.objects.in_bulk(offer_ids, field_name="sparkfly_id")
+    return {offer_id: found.get(offer_id) for offer_id in offer_ids}
+
+
+def local_refusal(
+    *, member: Member | None, channel_id: int, offers: Mapping[int, Offer | None], now: datetime
+) -> str | None:
+    """Why Sparkfly would refuse this issuance, as far as the mirror knows, in Sparkfly's words;
+    None when the mirror sees no reason. ``member`` is the mirrored member (None when not
+    mirrored); ``offers`` maps each requested offer id to its mirrored offer or None.
+
+    Checked in Sparkfly's order, first failure wins: the channel, the member, every offer
+    published on the channel, then each offer approved, active and within its limits."""
+    if not Channel.objects.filter(sparkfly_id=channel_id).exists():
+        return CHANNEL_BLANK
+    if member is None:
+        return MEMBER_BLANK
+    published = set(
+        OfferChannel.objects.filter(channel_id=channel_id, offer_id__in=list(offers)).values_list("offer_id", flat=True)
+    )
+    unusable = [offer_id for offer_id, offer in offers.items() if offer is None or offer_id not in published]
+    if unusable:
+        return OFFERS_NOT_ON_CHANNEL.format(ids=", ".join(map(str, unusable)))
+    for offer in offers.values():
+        if offer.status != APPROVED:
+            return OFFER_NOT_APPROVED.format(name=offer.name)
+        # ASSUMPTION: past stop_offering_at Sparkfly stops issuing the offer; it documents no
+        # message of its own for it, so the one for an offer outside its dates is used.
+        ended = [moment for moment in (offer.expires_at, offer.stop_offering_at) if moment is not None]
+        if (offer.activates_at and offer.activates_at > now) or any(moment <= now for moment in ended):
+            return OFFER_NOT_ACTIVE.format(id=offer.sparkfly_id)
+        if not _within_redemption_limits(offer, member.sparkfly_id, now):
+            return MEMBER_NOT_ELIGIBLE.format(name=offer.name)
+    return None
+
+
+def _within_redemption_limits(offer: Offer, member_id: int, now: datetime) -> bool:
+    """The offer's redemption limits against the redemptions the portal was told of (its
+    channels' conversion callbacks): a lower bound of Sparkfly's count, so this never refuses
+    what Sparkfly would allow."""
+    limits = (offer.max_redemptions, offer.max_redemptions_per_member, offer.max_redemptions_per_member_per_day)
+    if all(limit is None for limit in limits):
+        return True
+    redemptions = Redemption.objects.filter(offer_id=offer.sparkfly_id)
+    by_member = redemptions.filter(credential_id__in=Credential.objects.filter(member_id=member_id).values("sparkfly_id"))
+    # Sparkfly's day is the UTC day.
+    day_start = now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    usage = (
+        (redemptions, offer.max_redemptions),
+        (by_member, offer.max_redemptions_per_member),
+        (by_member.filter(redeemed_at__gte=day_start, redeemed_at__lt=day_start + timedelta(days=1)),
+         offer.max_redemptions_per_member_per_day),
+    )
+    return all(limit is None or queryset[:limit].count() < limit for queryset, limit in usage)
+
+
+# --- one issuance ----------------------------------------------------------------------------------
+
+
+def issue_credential(
+    *,
+    member_id: int,
+    channel_id: int,
+    offer_ids: Sequence[int],
+    idempotency_key: uuid.UUID | str,
+    client: SparkflyClient,
+    requested_by=None,
+    batch: IssuanceBatch | None = None,
+    now: datetime | None = None,
+) -> IssuanceRequest:
+    """Issue a credential for ``offer_ids`` on ``channel_id`` to ``member_id`` (Sparkfly ids),
+    once per ``idempotency_key``. Returns the request: issued (``code``), refused or failed
+    (``reason``), or pending while another process is issuing the same key."""
+    member_id, channel_id = _sparkfly_id(member_id, "member id"), _sparkfly_id(channel_id, "channel id")
+    offer_ids = _offer_id_list(offer_ids)
+    request = _request_for(
+        key=uuid.UUID(str(idempotency_key)), member_id=member_id, channel_id=channel_id, offer_ids=offer_ids,
+        requested_by=requested_by, batch=batch,
+    )
+    if request.state in SETTLED:
+        return request
+    with _exclusively(request.idempotency_key) as ours:
+        request.refresh_from_db()
+        if not ours or request.state in SETTLED:
+            return request
+        if request.state == IssuanceRequest.State.FAILED:
+            _reopen(request)
+        return _issue(request, client=client, now=now or timezone.now())
+
+
+def _request_for(*, key, member_id, channel_id, offer_ids, requested_by, batch) -> IssuanceRequest:
+    request, created = IssuanceRequest.objects.get_or_create(
+        idempotency_key=key,
+        defaults={
+            "member_id": member_id, "channel_id": channel_id, "offer_ids": offer_ids, "batch": batch,
+            "requested_by": requested_by,
+        },
+    )
+    if not created and (request.member_id, request.channel_id, list(request.offer_ids)) != (member_id, channel_id, offer_ids):
+        raise IdempotencyKeyReused(
+            f"The idempotency key {key} was already used to issue offers {_ids(request.offer_ids)} on channel "
+            f"{request.channel_id} to member {request.member_id}; another issuance needs a new key."
+        )
+    return request
+
+
+@contextmanager
+def _exclusively(key: uuid.UUID) -> Iterator[bool]:
+    """Whether this connection holds the key's advisory lock (it is released with the
+    connection, so a process that dies mid-issuance leaves the key free for a retry)."""
+    lock_id = int.from_bytes(key.bytes[:8], "big", signed=True)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_lock(%s)", [lock_id])
+        (acquired,) = cursor.fetchone()
+    try:
+        yield acquired
+    finally:
+        if acquired:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_unlock(%s)", [lock_id])
+
+
+def _issue(request: IssuanceRequest, *, client: SparkflyClient, now: datetime) -> IssuanceRequest:
+    if request.credential_id is None:
+        refusal = local_refusal(
+            member=Member.objects.filter(sparkfly_id=request.member_id).first(),
+            channel_id=request.channel_id,
+            offers=mirrored_offers(request.offer_ids),
+            now=now,
+        )
+        if refusal:
+            return _settle(request, IssuanceRequest.State.REFUSED, reason=refusal)
+    _record(request, attempts=request.attempts + 1)
+    try:
+        if request.credential_id is None and request.awaiting_creation:
+            _record(request, credential_id=_credential_created_unheard(request, client))
+        if request.credential_id is None:
+            _record(request, awaiting_creation=True)
+            try:
+                created = _credential_in(
+                    client.request(
+                        "POST", CREDENTIALS_PATH,
+                        params={"member_id": request.member_id, "channel_id": request.channel_id}, idempotent=False,
+                    )
+                )
+            except SparkflyError as exc:
+                if not isinstance(exc, UNANSWERED_ERRORS):
+                    _record(request, awaiting_creation=False)
+                raise
+            _record(request, credential_id=payloads.sparkfly_id(created), awaiting_creation=False)
+        credential = _credential_in(
+            client.request(
+                "PUT", CREDENTIAL_PATH.format(credential_id=request.credential_id),
+                params={"channel_id": request.channel_id, "offer_ids": ",".join(map(str, request.offer_ids))},
+            )
+        )
+    except SparkflyError as exc:
+        retryable = isinstance(exc, RETRYABLE_ERRORS)
+        state = IssuanceRequest.State.FAILED if retryable else IssuanceRequest.State.REFUSED
+        reason = str(exc) if retryable or not exc.sparkfly_message else exc.sparkfly_message
+        return _settle(request, state, reason=reason)
+    except payloads.PayloadError as exc:
+        return _settle(request, IssuanceRequest.State.FAILED, reason=f"Sparkfly's answer could not be read: {exc}")
+    return _issued(request, credential, client=client, now=now)
+
+
+def _credential_in(body: dict) -> dict:
+    """The credential of an answer; an ``errors`` map that is not empty is a refusal, whatever
+    the status (seed 001: "the "errors" field on the returned object should be blank")."""
+    message, field_errors, _ = parse_error_body({"errors": body.get("errors")})
+    if field_errors:
+        raise SparkflyValidationError(f"Sparkfly refused the credential: {message}", sparkfly_message=message, errors=field_errors)
+    credential = body.get("credential")
+    if not isinstance(credential, dict):
+        raise SparkflyResponseError(f"Sparkfly's answer has no credential object (keys: {sorted(body)[:10]})")
+    return credential
+
+
+def _credential_created_unheard(request: IssuanceRequest, client: SparkflyClient) -> int | None:
+    """The credential a POST whose answer never came created, if it did: one of the member's
+    on the request's channel, without offers, created since the request, and no other
+    request's. Raises SparkflyError when Sparkfly cannot be asked (the POST must then wait)."""
+    since = request.created_at - CLOCK_SKEW
+    taken = set(
+        IssuanceRequest.objects.filter(member_id=request.member_id, credential__isnull=False).values_list(
+            "credential_id", flat=True
+        )
+    )
+    candidates = []
+    for page in client.iter_pages(
+        CREDENTIALS_PATH, collection="credentials", item="credential", per_page=settings.SPARKFLY_PAGE_SIZE,
+        params={"member_id": request.member_id},
+    ):
+        for item in page.items:
+            try:
+                row = payloads.credential_row(item)
+            except payloads.PayloadError:
+                continue
+            if (
+                row["member_id"] == request.member_id
+                and row["channel_id"] == request.channel_id
+                and not row["offer_ids"]
+                and row["sparkfly_id"] not in taken
+                and (row["sparkfly_created_at"] is None or row["sparkfly_created_at"] >= since)
+            ):
+                candidates.append(row["sparkfly_id"])
+    return min(candidates) if candidates else None
+
+
+def _issued(request: IssuanceRequest, payload: dict, *, client: SparkflyClient, now: datetime) -> IssuanceRequest:
+    code = payload.get("identifier")
+    attached = payload.get("offer_ids") if isinstance(payload.get("offer_ids"), list) else []
+    missing = [offer_id for offer_id in request.offer_ids if offer_id not in attached]
+    if not code or missing:
+        return _settle(
+            request,
+            IssuanceRequest.State.FAILED,
+            reason=f"Sparkfly accepted credential {request.credential_id} but "
+            + (f"did not attach offers {_ids(missing)}" if missing else "gave it no code")
+            + "; submit again to retry.",
+        )
+    # The mirror rows the events need, fetched from Sparkfly first when missing: outside the
+    # transaction, which must not stay open across HTTP.
+    problem = ""
+    try:
+        member, campaigns = _event_rows(request, client)
+    except (CannotForward, SparkflyError, payloads.PayloadError) as exc:
+        member, campaigns, problem = None, [], str(exc)
+    with transaction.atomic():
+        outcome = resource_for_model(Credential).write_items([payload], f"credential {request.credential_id}")
+        credential = Credential.objects.filter(sparkfly_id=request.credential_id).first()
+        if credential is None:
+            problem = problem or "; ".join(outcome.errors)
+        elif member is not None:
+            problem = _forward_issuance(credential, member, campaigns, issued_at=(
+                credential.sparkfly_updated_at or credential.sparkfly_created_at or now
+            ))
+        if problem:
+            problem = f"Issued, but Attentive was not told ({events.OFFER_STATE_CREATED}): {problem}"
+            logger.warning("issuance %s: %s", request.idempotency_key, problem)
+        return _settle(request, IssuanceRequest.State.ISSUED, code=str(code), reason=problem)
+
+
+def _event_rows(request: IssuanceRequest, client: SparkflyClient) -> tuple[Member, list[tuple[Offer, OfferChannel]]]:
+    mirror = Mirror(lambda: client)
+    member = mirror.get(Member, request.member_id)
+    campaigns = []
+    for offer_id in request.offer_ids:
+        offer = mirror.get(Offer, offer_id)
+        link = OfferChannel.objects.filter(offer_id=offer_id, channel_id=request.channel_id).first()
+        if link is None:
+            mirror.refresh(offer)  # the full offer lists its channels and their XIDs
+            link = OfferChannel.objects.filter(offer_id=offer_id, channel_id=request.channel_id).first()
+        if link is None:
+            raise CannotForward(f"offer {offer_id} is not published on channel {request.channel_id} at Sparkfly")
+        campaigns.append((offer, link))
+    return member, campaigns
+
+
+def _forward_issuance(credential: Credential, member: Member, campaigns, *, issued_at: datetime) -> str:
+    """Forward one ``offer_state_created`` per offer (in the caller's transaction); returns
+    why they were not forwarded, or ``""``."""
+    try:
+        issuance_events: list[CustomEvent] = [
+            events.offer_state_created(
+                credential=credential,
+                member=member,
+                offer=offer,
+                offer_channel=link,
+                issued_at=issued_at,
+                external_event_id=events.issuance_event_id(credential_id=credential.sparkfly_id, offer_id=offer.sparkfly_id),
+            )
+            for offer, link in campaigns
+        ]
+    except InvalidEvent as exc:
+        return str(exc)
+    results = [forward(event) for event in issuance_events]
+    if any(result is None for result in results):
+        return "the event type is switched off in the Attentive settings"
+    return ""
+
+
+def _record(request: IssuanceRequest, **changes) -> None:
+    """Save these fields now: each step of an issuance must survive the process."""
+    for name, value in changes.items():
+        setattr(request, name, value)
+    request.save(update_fields=[name.removesuffix("_id") if name == "credential_id" else name for name in changes])
+
+
+def _reopen(request: IssuanceRequest) -> None:
+    """A failed request being tried again is pending until it settles anew (and no longer
+    counts as failed in its batch)."""
+    with transaction.atomic():
+        _record(request, state=IssuanceRequest.State.PENDING, finished_at=None)
+        if request.batch_id is not None:
+            IssuanceBatch.objects.filter(pk=request.batch_id).update(failed=F("failed") - 1)
+
+
+def _settle(request: IssuanceRequest, state: str, *, code: str = "", reason: str = "") -> IssuanceRequest:
+    """Settle a pending request and count it in its batch, in one transaction (the batch's
+    counter is named after the state)."""
+    with transaction.atomic():
+        _record(request, state=state, code=code, reason=reason, finished_at=timezone.now())
+        if request.batch_id is not None:
+            IssuanceBatch.objects.filter(pk=request.batch_id).update(**{state: F(state) + 1})
+    if state != IssuanceRequest.State.ISSUED:
+        logger.info("issuance %s %s: %s", request.idempotency_key, state, reason)
+    return request
+
+
+def _sparkfly_id(value: object, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{what} must be a positive whole number, got {value!r}")
+    return value
+
+
+def _offer_id_list(offer_ids: Sequence[int]) -> list[int]:
+    unique = list(dict.fromkeys(_sparkfly_id(offer_id, "offer id") for offer_id in offer_ids))
+    if not unique:
+        raise ValueError("at least one offer is needed to issue a credential")
+    return unique
+
+
+def _ids(ids: Iterable[int]) -> str:
+    return ", ".join(map(str, ids))
+
+
+# --- many members: a batch ------------------------------------------------------------------------
+
+
+def issuance_batch_create(
+    *,
+    member_ids: Iterable[int],
+    channel_id: int,
+    offer_ids: Sequence[int],
+    idempotency_key: uuid.UUID | str | None = None,
+    requested_by=None,
+    in_background: bool = True,
+) -> tuple[IssuanceBatch, bool]:
+    """Record an issuance to many members and (``in_background``) queue its job, atomically.
+    The same ``idempotency_key`` again returns the first batch (``created`` False)."""
+    member_ids = list(dict.fromkeys(_sparkfly_id(member_id, "member id") for member_id in member_ids))
+    channel_id, offer_ids = _sparkfly_id(channel_id, "channel id"), _offer_id_list(offer_ids)
+    if not member_ids:
+        raise ValueError("at least one member is needed")
+    key = uuid.UUID(str(idempotency_key)) if idempotency_key else uuid.uuid4()
+    with transaction.atomic():
+        batch, created = IssuanceBatch.objects.get_or_create(
+            idempotency_key=key,
+            defaults={"member_ids": member_ids, "channel_id": channel_id, "offer_ids": offer_ids, "requested_by": requested_by},
+        )
+        if not created and (list(batch.member_ids), batch.channel_id, list(batch.offer_ids)) != (member_ids, channel_id, offer_ids):
+            raise IdempotencyKeyReused(
+                f"The idempotency key {key} was already used for another issuance (batch {batch.pk}); "
+                "another issuance needs a new key."
+            )
+        if created and in_background:
+            _queue_batch(batch)
+    return batch, created
+
+
+def issuance_batch_retry(*, batch: IssuanceBatch, in_background: bool = True) -> bool:
+    """Queue a finished batch again (``in_background``: its job too): its failed members are
+    retried, each from where it stopped, and those it never reached are issued. False when it
+    is still queued or running."""
+    with transaction.atomic():
+        locked = IssuanceBatch.objects.select_for_update().get(pk=batch.pk)
+        if locked.state != IssuanceBatch.State.DONE:
+            return False
+        locked.state, locked.failure, locked.finished_at = IssuanceBatch.State.QUEUED, "", None
+        locked.save(update_fields=["state", "failure", "finished_at"])
+        if in_background:
+            _queue_batch(locked)
+    return True
+
+
+def _queue_batch(batch: IssuanceBatch) -> None:
+    from procrastinate import exceptions as procrastinate_exceptions
+
+    from sparkfly_sync.tasks import issue_credentials_batch
+
+    lock = f"issuance-batch:{batch.pk}"
+    try:
+        with transaction.atomic():  # a savepoint: a job already waiting must not poison the caller
+            issue_credentials_batch.configure(lock=lock, queueing_lock=lock).defer(batch_id=batch.pk)
+    except procrastinate_exceptions.AlreadyEnqueued:
+        pass  # the waiting job will do it
+
+
+def batch_member_key(batch: IssuanceBatch, member_id: int) -> uuid.UUID:
+    """The idempotency key of a batch's issuance to one member: the same on every run of the
+    batch, so a restarted or retried job never issues twice."""
+    return uuid.uuid5(BATCH_KEY_NAMESPACE, f"{batch.idempotency_key}/{member_id}")
+
+
+def issue_batch(
+    batch_id: int,
+    *,
+    client: SparkflyClient | None = None,
+    on_result: Callable[[IssuanceRequest], None] | None = None,
+) -> IssuanceBatch:
+    """Issue a batch's credentials member by member (the job, and the command in the
+    foreground); members settled by an earlier run are returned as they were, not issued
+    again. ``on_result`` sees each member's request as it settles."""
+    batch = IssuanceBatch.objects.get(pk=batch_id)
+    if batch.state == IssuanceBatch.State.DONE:
+        return batch  # a job left over from a run that already finished it
+    IssuanceBatch.objects.filter(pk=batch.pk).update(
+        state=IssuanceBatch.State.RUNNING, started_at=Coalesce("started_at", timezone.now())
+    )
+    failure = ""
+    failures_in_a_row = 0
+    try:
+        client = client or client_from_settings()
+        for member_id in batch.member_ids:
+            request = issue_credential(
+                member_id=member_id, channel_id=batch.channel_id, offer_ids=batch.offer_ids,
+                idempotency_key=batch_member_key(batch, member_id), client=client,
+                requested_by=batch.requested_by, batch=batch,
+            )
+            if on_result is not None:
+                on_result(request)
+            failures_in_a_row = failures_in_a_row + 1 if request.state == IssuanceRequest.State.FAILED else 0
+            if failures_in_a_row >= MAX_FAILURES_IN_A_ROW:
+                failure = (
+                    f"Stopped after {failures_in_a_row} members in a row failed; the last: {request.reason} "
+                    "Retry the batch once Sparkfly answers again."
+                )
+                break
+    except BaseException as exc:
+        _finish_batch(batch, failure=f"Stopped by an error: {exc.__class__.__name__}: {exc}")
+        raise
+    return _finish_batch(batch, failure=failure)
+
+
+def _finish_batch(batch: IssuanceBatch, *, failure: str) -> IssuanceBatch:
+    IssuanceBatch.objects.filter(pk=batch.pk).update(
+        state=IssuanceBatch.State.DONE, finished_at=timezone.now(), failure=failure
+    )
+    batch.refresh_from_db()
+    if failure:
+        logger.warning("issuance batch %s: %s", batch.pk, failure)
+    return batch
+
+
+# --- selectors ------------------------------------------------------------------------------------------
+
+
+def enrolled_member_ids(*, program_id: int | None = None) -> list[int]:
+    """Sparkfly ids of the members with an active loyalty enrollment in the mirror (in
+    ``program_id`` only, when given), in id order."""
+    enrollments = LoyaltyEnrollment.objects.filter(status=LoyaltyEnrollment.Status.ACTIVE, member__isnull=False)
+    if program_id is not None:
+        enrollments = enrollments.filter(program_id=program_id)
+    return list(enrollments.order_by("member_id").values_list("member_id", flat=True).distinct())
