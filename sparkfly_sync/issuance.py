@@ -217,7 +217,7 @@ def _request_for(*, key, member_id, channel_id, offer_ids, requested_by, batch) 
             "requested_by": requested_by,
         },
     )
-    if not created and (request.member_id, request.channel_id, list(request.offer_ids)) != (member_id, channel_id, offer_ids):
+    if not created and (request.member_id, request.channel_id, sorted(request.offer_ids)) != (member_id, channel_id, sorted(offer_ids)):
         raise IdempotencyKeyReused(
             f"The idempotency key {key} was already used to issue offers {_ids(request.offer_ids)} on channel "
             f"{request.channel_id} to member {request.member_id}; another issuance needs a new key."
@@ -470,7 +470,9 @@ def issuance_batch_create(
             idempotency_key=key,
             defaults={"member_ids": member_ids, "channel_id": channel_id, "offer_ids": offer_ids, "requested_by": requested_by},
         )
-        if not created and (list(batch.member_ids), batch.channel_id, list(batch.offer_ids)) != (member_ids, channel_id, offer_ids):
+        if not created and (list(batch.member_ids), batch.channel_id, sorted(batch.offer_ids)) != (
+            member_ids, channel_id, sorted(offer_ids)
+        ):
             raise IdempotencyKeyReused(
                 f"The idempotency key {key} was already used for another issuance (batch {batch.pk}); "
                 "another issuance needs a new key."
