@@ -44,6 +44,7 @@ from attentive_sync.errors import (
     AttentiveRedirect,
 )
 from attentive_sync.events import CustomEvent
+from attentive_sync.jobs import in_transaction
 from attentive_sync.models import AttentiveSettings, Delivery, DeliveryAttempt
 
 logger = logging.getLogger(__name__)
@@ -136,7 +137,7 @@ def _queue(delivery: Delivery, *, at: datetime | None = None) -> None:
     lock = _job_lock(delivery.pk)
     try:
         with transaction.atomic():
-            deliver_event.configure(queueing_lock=lock, schedule_at=at).defer(delivery_id=delivery.pk)
+            in_transaction(deliver_event.configure(queueing_lock=lock, schedule_at=at)).defer(delivery_id=delivery.pk)
     except procrastinate_exceptions.AlreadyEnqueued:
         with connection.cursor() as cursor:
             # procrastinate's Django models are read-only, hence SQL on its jobs table.

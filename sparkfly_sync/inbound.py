@@ -24,6 +24,7 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from attentive_sync.jobs import in_transaction
 from sparkfly_sync import events
 from sparkfly_sync.models import (
     ConversionEndpoint,
@@ -185,7 +186,7 @@ def record_redemption(arrival: Arrival, endpoint: ConversionEndpoint, values: di
             original = Redemption.objects.get(dedup_key=dedup_key)
             _record(arrival, 200, InboundRequest.Outcome.DUPLICATE, redemption=original)
             return original, False
-        forward_redemption.defer(redemption_id=redemption.pk)
+        in_transaction(forward_redemption).defer(redemption_id=redemption.pk)
         _record(arrival, 202, InboundRequest.Outcome.ACCEPTED, redemption=redemption)
     return redemption, True
 
@@ -286,7 +287,7 @@ def record_notification(
             _record(arrival, 200, InboundRequest.Outcome.DUPLICATE, notification=original)
             return original, False
         if handled:
-            process_notification.defer(notification_id=notification.pk)
+            in_transaction(process_notification).defer(notification_id=notification.pk)
             _record(arrival, 202, InboundRequest.Outcome.ACCEPTED, notification=notification)
         else:
             _record(arrival, 200, InboundRequest.Outcome.IGNORED, notification=notification)

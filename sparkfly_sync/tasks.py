@@ -10,6 +10,8 @@ from django.utils import timezone
 from procrastinate import exceptions as procrastinate_exceptions
 from procrastinate.contrib.django import app
 
+from attentive_sync.jobs import in_transaction
+
 logger = logging.getLogger(__name__)
 
 
@@ -36,7 +38,9 @@ def queue_mirror_sync(resources: list[str] | None = None) -> bool:
     try:
         with transaction.atomic():
             # lock: syncs run one after another, never two at once on two workers.
-            sync_mirror.configure(queueing_lock=queueing_lock, lock="sparkfly-mirror-sync").defer(resources=resources)
+            in_transaction(sync_mirror.configure(queueing_lock=queueing_lock, lock="sparkfly-mirror-sync")).defer(
+                resources=resources
+            )
     except procrastinate_exceptions.AlreadyEnqueued:
         return False
     return True
@@ -86,9 +90,9 @@ def defer_retry(record, *, at) -> None:
     from sparkfly_sync.models import Redemption
 
     if isinstance(record, Redemption):
-        forward_redemption.configure(schedule_at=at).defer(redemption_id=record.pk)
+        in_transaction(forward_redemption.configure(schedule_at=at)).defer(redemption_id=record.pk)
     else:
-        process_notification.configure(schedule_at=at).defer(notification_id=record.pk)
+        in_transaction(process_notification.configure(schedule_at=at)).defer(notification_id=record.pk)
 
 
 @app.periodic(cron="17 3 * * *", periodic_id="sparkfly-inbound-prune")

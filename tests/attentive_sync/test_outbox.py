@@ -4,11 +4,13 @@ from datetime import datetime, timezone
 
 import pytest
 from django.db import connection, transaction
+from procrastinate.contrib.django import app as procrastinate_app
 from procrastinate.contrib.django.models import ProcrastinateJob
 
 from attentive_sync.delivery import forward
 from attentive_sync.events import CustomEvent, EventUser
 from attentive_sync.models import AttentiveSettings, Delivery
+from tests.conftest import run_worker_until_idle
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -43,6 +45,24 @@ def test_a_rolled_back_transaction_leaves_no_delivery_and_no_job():
     with pytest.raises(Boom), transaction.atomic():
         forward(an_event())
         raise Boom
+    assert Delivery.objects.count() == 0
+    assert delivery_jobs().count() == 0
+
+
+@procrastinate_app.task(name="tests.forward_then_roll_back", queue="tests")
+def forward_then_roll_back() -> None:
+    with transaction.atomic():
+        forward(an_event("evt-in-worker"))
+        raise RuntimeError("rolled back on purpose")
+
+
+def test_inside_a_worker_too_a_rolled_back_forward_leaves_no_job():
+    # The worker swaps procrastinate's connector for its own pool; a job deferred through it
+    # would commit on another connection, whatever became of the task's transaction.
+    forward_then_roll_back.defer()
+
+    run_worker_until_idle(queues=["tests"])
+
     assert Delivery.objects.count() == 0
     assert delivery_jobs().count() == 0
 
