@@ -26,6 +26,7 @@ import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import timedelta
 
 from django.conf import settings as django_settings
 from django.db import transaction
@@ -34,6 +35,7 @@ from procrastinate import exceptions as procrastinate_exceptions
 
 from attentive_sync.client import IDENTITY_PATH, AttentiveClient
 from attentive_sync.errors import AttentiveError, AttentiveRedirect, AttentiveRequestError
+from attentive_sync.jobs import in_transaction
 from attentive_sync.models import AttentiveSettings, IdentityLink
 from attentive_sync.subscriptions import Contact, ContactRefused, NotConfigured, client_from_settings, rate_limited_call
 
@@ -44,6 +46,9 @@ PENDING_BATCH = 50
 # A run stops taking new links after this long; the next run (queued at once) goes on.
 RUN_SECONDS = 50.0
 JOB_LOCK = "attentive-identity-links"
+# Links requested by hooks are not urgent: their run starts this much later, so a burst of
+# member events or a sync's changes are linked in one run, after the work that caused them.
+HOOK_DELAY = timedelta(seconds=10)
 
 
 def contacts_digest(contact: Contact) -> str:
@@ -172,13 +177,16 @@ def link_pending(*, client: AttentiveClient | None = None, seconds: float = RUN_
             run.unchanged += not sent
 
 
-def queue_link_job() -> bool:
-    """Queue a run of ``link_pending``; False when one already waits (it will see these too)."""
+def queue_link_job(*, delay: timedelta = timedelta(0)) -> bool:
+    """Queue a run of ``link_pending`` in ``delay``; False when one already waits (it will see
+    these too)."""
     from attentive_sync.tasks import link_identities
 
     try:
         with transaction.atomic():  # a savepoint: the refused duplicate must not poison the caller
-            link_identities.configure(queueing_lock=JOB_LOCK).defer()
+            in_transaction(link_identities.configure(
+                queueing_lock=JOB_LOCK, schedule_in={"seconds": delay.total_seconds()}
+            )).defer()
     except procrastinate_exceptions.AlreadyEnqueued:
         return False
     return True

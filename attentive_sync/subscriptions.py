@@ -42,6 +42,7 @@ from procrastinate import exceptions as procrastinate_exceptions
 from attentive_sync import ratelimit
 from attentive_sync.client import IDENTITY_PATH, SUBSCRIPTIONS_PATH, UNSUBSCRIBE_PATH, AttentiveClient
 from attentive_sync.errors import AttentiveError, AttentiveRateLimited
+from attentive_sync.jobs import in_transaction
 from attentive_sync.models import AttentiveSettings, SubscriptionState
 
 logger = logging.getLogger(__name__)
@@ -312,16 +313,18 @@ def queue(action: str, contacts: list[Contact], *, channels: Iterable[str] = CHA
         for contact in contacts:
             try:
                 with transaction.atomic():  # a savepoint: a refused duplicate must not poison the caller
-                    task.configure(lock=JOB_LOCK, queueing_lock=f"attentive-subscribe:{contact.client_user_id}").defer(
-                        **contact.as_job_arguments(), **extra
-                    )
+                    in_transaction(task.configure(
+                        lock=JOB_LOCK, queueing_lock=f"attentive-subscribe:{contact.client_user_id}"
+                    )).defer(**contact.as_job_arguments(), **extra)
                 queued += 1
             except procrastinate_exceptions.AlreadyEnqueued:
                 pass
         return queued
     for start in range(0, len(contacts), JOB_BATCH):
         batch = contacts[start : start + JOB_BATCH]
-        task.configure(lock=JOB_LOCK).batch_defer(*({**contact.as_job_arguments(), **extra} for contact in batch))
+        in_transaction(task.configure(lock=JOB_LOCK)).batch_defer(
+            *({**contact.as_job_arguments(), **extra} for contact in batch)
+        )
     return len(contacts)
 
 
