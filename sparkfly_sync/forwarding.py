@@ -30,7 +30,7 @@ from django.utils import timezone
 from attentive_sync.delivery import forward
 from attentive_sync.events import CustomEvent, InvalidEvent
 from attentive_sync.models import AttentiveSettings
-from sparkfly_sync import events, payloads
+from sparkfly_sync import attentive_members, events, payloads
 from sparkfly_sync.client import MEMBER_SEARCH_PATH, SparkflyClient, client_from_settings
 from sparkfly_sync.errors import SparkflyError, SparkflyNotFound
 from sparkfly_sync.models import (
@@ -260,9 +260,11 @@ def _notification_event(notification, mirror: Mirror) -> CustomEvent | None:
     name = notification.event_name
     if name in shapes.MEMBER_EVENTS:
         mirror.refresh(Member(sparkfly_id=int(data["member"]["id"])))
+        attentive_members.member_mirrored(int(data["member"]["id"]))  # an identity link, queued
         return None
     if name == shapes.ENROLLMENT_CREATED:
         mirror.refresh(LoyaltyEnrollment(sparkfly_id=int(data["enrollment"]["id"])))
+        attentive_members.enrollment_created(int(data["enrollment"]["id"]), mirror)  # a subscribe, queued
         return None
     if name == shapes.POINTS_AWARDED:
         mirror.refresh(LoyaltyEnrollment(sparkfly_id=int(data["member"]["enrollment"]["id"])))
