@@ -227,9 +227,9 @@ class SubscriptionState(models.Model):
         FAILED = "failed", "failed"
 
     class Action(models.TextChoices):
-        SUBSCRIBE = "subscribe"
+        SUBSCRIBE = "subscribe", "subscribe"
         ELIGIBILITY = "eligibility", "eligibility check"
-        UNSUBSCRIBE = "unsubscribe"
+        UNSUBSCRIBE = "unsubscribe", "unsubscribe"
 
     client_user_id = models.CharField("clientUserId", max_length=255)
     channel = models.CharField(max_length=5, choices=Channel.choices)

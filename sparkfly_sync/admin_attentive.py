@@ -308,13 +308,13 @@ def _identity_state(member) -> str:
     if link is None:
         return "not linked yet."
     if link.linked_at and link.contacts_digest == identity.contacts_digest(contact):
-        state = f"linked {_when(link.linked_at)} with the phone and email shown above."
+        state = f"linked with the phone and email shown above ({_when(link.linked_at)})."
+    elif link.pending and link.linked_at:
+        state = f"contacts changed since they were linked ({_when(link.linked_at)}): re-link pending."
     elif link.pending:
-        since = _when(link.requested_at)
-        state = (f"re-link pending since {since}: the contacts changed since {_when(link.linked_at)}."
-                 if link.linked_at else f"link pending since {since}.")
+        state = f"link pending (requested {_when(link.requested_at)})."
     elif link.linked_at:
-        state = f"linked {_when(link.linked_at)} with earlier contacts, not with the ones shown above."
+        state = f"linked with earlier contacts ({_when(link.linked_at)}), not with the ones shown above."
     else:
         state = "not linked."
     if link.last_error:

@@ -43,7 +43,7 @@ class Migration(migrations.Migration):
                 ('subscription_type', models.CharField(blank=True, max_length=30, verbose_name='type')),
                 ('address', models.CharField(max_length=254, verbose_name='phone or email used')),
                 ('status', models.CharField(choices=[('subscribed', 'subscribed (eligible)'), ('not_eligible', 'not eligible (no subscription, or opted out)'), ('unsubscribed', 'unsubscribed'), ('refused', 'not sent: the portal declined'), ('failed', 'failed')], max_length=20)),
-                ('last_action', models.CharField(choices=[('subscribe', 'Subscribe'), ('eligibility', 'eligibility check'), ('unsubscribe', 'Unsubscribe')], max_length=20)),
+                ('last_action', models.CharField(choices=[('subscribe', 'subscribe'), ('eligibility', 'eligibility check'), ('unsubscribe', 'unsubscribe')], max_length=20)),
                 ('attentive_status', models.CharField(blank=True, help_text='NEWLY_CREATED, PREVIOUSLY_CREATED, NEWLY_UNSUBSCRIBED, PREVIOUSLY_UNSUBSCRIBED, isEligible=…', max_length=40, verbose_name="Attentive's word")),
                 ('note', models.TextField(blank=True, help_text="Why nothing was sent, or Attentive's error.")),
                 ('response', models.JSONField(blank=True, default=dict, verbose_name="Attentive's answer")),

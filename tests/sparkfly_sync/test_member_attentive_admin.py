@@ -126,7 +126,7 @@ def test_the_link_button_links_once(admin_client, attentive, ada):
     [message] = shown(admin_client.post(attentive_url(ada), {"attentive": "link_identity"}, follow=True))
     assert "already linked" in message
     assert attentive.sandbox.count_requests(IDENTITY_PATH) == 1
-    assert "linked " in admin_client.get(page(ada)).content.decode()
+    assert "linked with the phone and email shown above" in admin_client.get(page(ada)).content.decode()
 
 
 def test_a_member_without_contacts_gets_a_clear_refusal(admin_client, attentive, nobody):
