@@ -6,7 +6,7 @@ once that id is associated with their phone or email: by a subscribe that carrie
 clientUserId must come with at least one other identifier; 202; 10 requests/s).
 
 * ``request_links(contacts)`` notes which contact sets are to be linked, in the database only
-  (cheap enough for every member a sync changed). A set equal to the one last linked is not
+  (cheap enough for everyone a sync changed). A set equal to the one last linked is not
   pending; a changed one is.
 * ``link_pending()`` (the ``link_identities`` job, one at a time) sends the pending sets at
   Attentive's identity rate, for about a minute per run.
@@ -47,7 +47,7 @@ PENDING_BATCH = 50
 RUN_SECONDS = 50.0
 JOB_LOCK = "attentive-identity-links"
 # Links requested by hooks are not urgent: their run starts this much later, so a burst of
-# member events or a sync's changes are linked in one run, after the work that caused them.
+# contact changes or a sync's changes are linked in one run, after the work that caused them.
 HOOK_DELAY = timedelta(seconds=10)
 
 

@@ -74,8 +74,8 @@ class AttentiveSettings(models.Model):
     auto_subscribe_on_enrollment = models.BooleanField(
         "subscribe members when they enroll",
         default=False,
-        help_text="When Sparkfly reports a new loyalty enrollment, subscribe the member in Attentive by phone "
-        "and email through the sign-up source above (Attentive texts them to confirm). Someone already "
+        help_text="When a new loyalty enrollment is reported, subscribe the person in Attentive by phone and "
+        "email through the sign-up source above (Attentive texts them to confirm). Someone already "
         "subscribed is not subscribed again, and someone who unsubscribed is left alone.",
     )
     updated_at = models.DateTimeField(auto_now=True)

@@ -13,7 +13,7 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name='attentivesettings',
             name='auto_subscribe_on_enrollment',
-            field=models.BooleanField(default=False, help_text='When Sparkfly reports a new loyalty enrollment, subscribe the member in Attentive by phone and email through the sign-up source above (Attentive texts them to confirm). Someone already subscribed is not subscribed again, and someone who unsubscribed is left alone.', verbose_name='subscribe members when they enroll'),
+            field=models.BooleanField(default=False, help_text='When a new loyalty enrollment is reported, subscribe the person in Attentive by phone and email through the sign-up source above (Attentive texts them to confirm). Someone already subscribed is not subscribed again, and someone who unsubscribed is left alone.', verbose_name='subscribe members when they enroll'),
         ),
         migrations.CreateModel(
             name='IdentityLink',
