@@ -305,11 +305,15 @@ def test_a_key_sent_again_with_other_offers_is_refused_as_a_mistake(mirrored):
 
 def test_a_key_being_issued_elsewhere_is_returned_pending_without_calling_sparkfly(mirrored, sparkfly_sandbox):
     key = uuid.uuid4()
+    lock_id = int.from_bytes(key.bytes[:8], "big", signed=True)
     other_process = connections.create_connection("default")
     try:
         with other_process.cursor() as cursor:  # what another process holds while it talks to Sparkfly
-            cursor.execute("SELECT pg_advisory_lock(%s)", [int.from_bytes(key.bytes[:8], "big", signed=True)])
+            cursor.execute("SELECT pg_advisory_lock(%s)", [lock_id])
         request = issue(mirrored, key=key)
+        with other_process.cursor() as cursor:
+            # Released here, not by close(): the server ends a closed session a moment later.
+            cursor.execute("SELECT pg_advisory_unlock(%s)", [lock_id])
     finally:
         other_process.close()
 
