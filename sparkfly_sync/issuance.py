@@ -191,7 +191,10 @@ def issue_credential(
 ) -> IssuanceRequest:
     """Issue a credential for ``offer_ids`` on ``channel_id`` to ``member_id`` (Sparkfly ids),
     once per ``idempotency_key``. Returns the request: issued (``code``), refused or failed
-    (``reason``), or pending while another process is issuing the same key."""
+    (``reason``), or pending while another process is issuing the same key.
+
+    Call it outside any transaction: each step commits as it happens (the credential id the
+    moment Sparkfly answers the POST), which an enclosing transaction would hold back."""
     member_id, channel_id = _sparkfly_id(member_id, "member id"), _sparkfly_id(channel_id, "channel id")
     offer_ids = _offer_id_list(offer_ids)
     request = _request_for(
