@@ -32,7 +32,6 @@ from django.conf import settings as django_settings
 from django.db import IntegrityError, connection, transaction
 from django.db.models import Case, Q, When
 from django.utils import timezone
-from procrastinate import exceptions as procrastinate_exceptions
 
 from attentive_sync import ratelimit
 from attentive_sync.client import CUSTOM_EVENTS_PATH, AttentiveClient
@@ -44,7 +43,7 @@ from attentive_sync.errors import (
     AttentiveRedirect,
 )
 from attentive_sync.events import CustomEvent
-from attentive_sync.jobs import in_transaction
+from attentive_sync.jobs import queue_once
 from attentive_sync.models import AttentiveSettings, Delivery, DeliveryAttempt
 
 logger = logging.getLogger(__name__)
@@ -130,21 +129,10 @@ def _drop_waiting_jobs(delivery_pks: list[int]) -> None:
 
 def _queue(delivery: Delivery, *, at: datetime | None = None) -> None:
     """Make the delivery's one waiting job run at ``at`` (default now), on the current
-    transaction: defer a job, or — when one already waits (the queueing lock refuses a
-    second) — move that job to ``at``, so "retry now" means now and a retry keeps its backoff."""
+    transaction, so "retry now" means now and a retry keeps its backoff."""
     from attentive_sync.tasks import deliver_event
 
-    lock = _job_lock(delivery.pk)
-    try:
-        with transaction.atomic():
-            in_transaction(deliver_event.configure(queueing_lock=lock, schedule_at=at)).defer(delivery_id=delivery.pk)
-    except procrastinate_exceptions.AlreadyEnqueued:
-        with connection.cursor() as cursor:
-            # procrastinate's Django models are read-only, hence SQL on its jobs table.
-            cursor.execute(
-                "UPDATE procrastinate_jobs SET scheduled_at = %s WHERE queueing_lock = %s AND status = 'todo'",
-                [at, lock],
-            )
+    queue_once(deliver_event, queueing_lock=_job_lock(delivery.pk), at=at, delivery_id=delivery.pk)
 
 
 # --- sending ---------------------------------------------------------------------------------

@@ -23,3 +23,26 @@ def in_transaction(deferrer) -> jobs.JobDeferrer:
     if not isinstance(deferrer, jobs.JobDeferrer):
         deferrer = deferrer.configure()
     return jobs.JobDeferrer(job_manager=_on_django_connection, job=deferrer.job)
+
+
+def queue_once(task, *, queueing_lock: str, at=None, exclusive: bool = False, **task_kwargs) -> None:
+    """Make the one waiting job of ``queueing_lock`` run at ``at`` (default now), in the current
+    transaction: defer it, or — when one already waits (the queueing lock refuses a second) —
+    move that job to ``at``. ``exclusive`` also takes procrastinate's ``lock``, so two jobs of
+    the same lock never run at once (a waiting one starts when the running one ends)."""
+    from django.db import connection, transaction
+    from procrastinate import exceptions
+
+    options = {"queueing_lock": queueing_lock, "schedule_at": at}
+    if exclusive:
+        options["lock"] = queueing_lock
+    try:
+        with transaction.atomic():  # a savepoint: the refused INSERT must not end the caller's transaction
+            in_transaction(task.configure(**options)).defer(**task_kwargs)
+    except exceptions.AlreadyEnqueued:
+        with connection.cursor() as cursor:
+            # procrastinate's Django models are read-only, hence SQL on its jobs table.
+            cursor.execute(
+                "UPDATE procrastinate_jobs SET scheduled_at = %s WHERE queueing_lock = %s AND status = 'todo'",
+                [at, queueing_lock],
+            )

@@ -1,9 +1,30 @@
 """Jobs of the portal itself."""
 
+import logging
+
 from procrastinate.contrib.django import app
+
+logger = logging.getLogger(__name__)
 
 
 @app.task(name="portal.noop", queue="benchmark")
 def noop() -> None:
     """Does nothing: `make bench` measures the job queue's own rate with it, as the reference
     for the delivery rate."""
+
+
+# A worker that sent no heartbeat for this long is dead (procrastinate's own stalled-worker
+# timeout is 30 s, with a heartbeat every 10 s).
+STALLED_AFTER_SECONDS = 60
+
+
+@app.periodic(cron="* * * * *", periodic_id="portal-retry-stalled-jobs")
+@app.task(name="portal.retry_stalled_jobs", queue="maintenance", pass_context=True)
+async def retry_stalled_jobs(context, timestamp: int) -> None:
+    """Every minute: put back in the queue the jobs of workers that died mid-job (a SIGKILL, a
+    lost machine). Left "doing", such a job would never finish — and a job holding a lock
+    (the mirror sync, a redemption's forwarding) would block every later one with that lock."""
+    job_manager = context.app.job_manager
+    for job in await job_manager.get_stalled_jobs(seconds_since_heartbeat=STALLED_AFTER_SECONDS):
+        await job_manager.retry_job(job)
+        logger.warning("job %s (%s) of a dead worker was queued again", job.id, job.task_name)

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from django.db import transaction
+from django.db import models, transaction
 from django.utils import timezone
 
 from attentive_sync.delivery import forward
@@ -123,7 +123,7 @@ class Mirror:
 def forward_redemption(redemption_id: int, *, client_factory: Callable[[], SparkflyClient] = client_from_settings) -> Outcome:
     """Turn a recorded redemption into ``sparkfly.member.offer_state_redeemed`` and forward it."""
     redemption = Redemption.objects.filter(pk=redemption_id).first()
-    if redemption is None or redemption.state not in (ForwardingState.QUEUED, ForwardingState.FAILED):
+    if redemption is None or redemption.state not in OPEN_STATES:
         return Outcome(redemption.state if redemption else "gone")
     return _attempt(redemption, lambda: _redemption_event(redemption, Mirror(client_factory)))
 
@@ -185,31 +185,42 @@ def _store(store_id: int | None, offer: Offer, mirror: Mirror) -> Store | None:
 # --- shared: one attempt, its outcome recorded ----------------------------------------------------------
 
 
+# What a worker may still act on; the others are done (or failed until a person retries).
+OPEN_STATES = (ForwardingState.QUEUED, ForwardingState.FAILED)
+
+
 def _attempt(record, build: Callable[[], CustomEvent | None]) -> Outcome:
     """Run ``build`` and forward its event; record the outcome on ``record`` (a Redemption or
-    a Notification), and schedule the next try of a transient failure."""
+    a Notification), and schedule the next try of a transient failure. Jobs of one record
+    never run at once (procrastinate's lock), so the record is this job's to change."""
     record.attempts += 1
     try:
         event = build()
-    except TRANSIENT_ERRORS as exc:
-        return _transient(record, exc)
+        if event is None:
+            return _finish(record, ForwardingState.PROCESSED)
+        with transaction.atomic():
+            result = forward(event)
+            if result is None:
+                return _finish(
+                    record, ForwardingState.SKIPPED, failure=f"{event.type} is switched off in the Attentive settings"
+                )
+            return _finish(record, ForwardingState.FORWARDED, delivery=result.delivery)
     except (CannotForward, InvalidEvent) as exc:
         return _finish(record, ForwardingState.FAILED, failure=str(exc))
-    if event is None:
-        return _finish(record, ForwardingState.PROCESSED)
-    with transaction.atomic():
-        result = forward(event)
-        if result is None:
-            return _finish(record, ForwardingState.SKIPPED, failure=f"{event.type} is switched off in the Attentive settings")
-        return _finish(record, ForwardingState.FORWARDED, delivery=result.delivery)
+    except TRANSIENT_ERRORS as exc:
+        return _transient(record, exc)
+    except Exception as exc:  # noqa: BLE001 — an accepted event is never dropped by a bug or an outage
+        logger.exception("%s: unexpected error; it will be tried again", record)
+        return _transient(record, exc)
 
 
 def _transient(record, exc: Exception) -> Outcome:
-    from sparkfly_sync.tasks import defer_retry
+    from sparkfly_sync.tasks import queue_record
 
     age = timezone.now() - (getattr(record, "redeemed_at", None) or record.occurred_at or record.received_at)
     max_age = AttentiveSettings.load().max_event_age
-    if age >= max_age:
+    # Only an event for Attentive goes stale; a mirror refresh is worth doing however late.
+    if age >= max_age and _makes_an_event(record):
         return _finish(
             record,
             ForwardingState.FAILED,
@@ -219,14 +230,20 @@ def _transient(record, exc: Exception) -> Outcome:
     retry_at = timezone.now() + retry_delay(record.attempts)
     with transaction.atomic():
         _finish(record, ForwardingState.QUEUED, failure=f"try {record.attempts}: {exc}; next try at {retry_at:%H:%M:%S}")
-        defer_retry(record, at=retry_at)
+        queue_record(record, at=retry_at)
     return Outcome(ForwardingState.QUEUED, retry_at=retry_at)
+
+
+def _makes_an_event(record) -> bool:
+    from sparkfly_sync.serializers import POINTS_REDEEMED
+
+    return isinstance(record, Redemption) or record.event_name == POINTS_REDEEMED
 
 
 def _finish(record, state: str, *, failure: str = "", delivery=None) -> Outcome:
     record.state = state
     record.failure = failure
-    fields = ["state", "failure", "attempts"]
+    fields = ["state", "failure", "attempts", "updated_at"]
     if delivery is not None:
         record.delivery = delivery
         fields.append("delivery")
@@ -305,18 +322,45 @@ def _points_redeemed_event(notification, data: dict, mirror: Mirror) -> CustomEv
 
 
 def requeue(records) -> int:
-    """Queue failed (or stuck queued) redemptions or notifications for another try, now.
-    Returns how many were queued; forwarded, processed and skipped ones are left alone (a
-    delivery is replayed from the Attentive side, with the same externalEventId)."""
-    from sparkfly_sync.tasks import defer_retry
+    """Queue failed, skipped (or stuck queued) redemptions or notifications for another try,
+    now. Returns how many were queued; forwarded and processed ones are left alone (a delivery
+    is replayed from the Attentive side, with the same externalEventId)."""
+    from sparkfly_sync.tasks import queue_record
 
     queued = 0
-    with transaction.atomic():
-        for record in records:
-            if record.state not in (ForwardingState.FAILED, ForwardingState.QUEUED):
-                continue
-            record.state = ForwardingState.QUEUED
-            record.save(update_fields=["state"])
-            defer_retry(record, at=None)
-            queued += 1
+    retryable = (*OPEN_STATES, ForwardingState.SKIPPED)
+    for record in records:
+        with transaction.atomic():
+            # A conditional UPDATE, not a save of a possibly stale instance: a record a job
+            # forwarded meanwhile stays forwarded.
+            requeued = type(record).objects.filter(pk=record.pk, state__in=retryable)
+            if requeued.update(state=ForwardingState.QUEUED, updated_at=timezone.now()):
+                queue_record(record)
+                queued += 1
     return queued
+
+
+# A queued record whose last change is older than this, with no job waiting, lost its job.
+STUCK_AFTER = timedelta(minutes=2)
+
+
+def requeue_stuck(*, now: datetime | None = None) -> int:
+    """Queue again every queued redemption and notification that has no job waiting or
+    running (its job ended in an error before recording anything). Jobs of one record are
+    exclusive and idempotent, so queueing one too many costs a no-op."""
+    from django.db.models import Exists, OuterRef, Value
+    from django.db.models.functions import Concat
+    from procrastinate.contrib.django.models import ProcrastinateJob
+
+    from sparkfly_sync.models import Notification
+
+    cutoff = (now or timezone.now()) - STUCK_AFTER
+    requeued = 0
+    for model, prefix in ((Redemption, "redemption:"), (Notification, "notification:")):
+        live_job = ProcrastinateJob.objects.filter(
+            queueing_lock=Concat(Value(prefix), OuterRef("pk"), output_field=models.CharField()),
+            status__in=("todo", "doing"),
+        )
+        stuck = model.objects.filter(state=ForwardingState.QUEUED, updated_at__lt=cutoff).exclude(Exists(live_job))
+        requeued += requeue(stuck[:1000])
+    return requeued

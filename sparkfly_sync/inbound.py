@@ -24,7 +24,6 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from attentive_sync.jobs import in_transaction
 from sparkfly_sync import events
 from sparkfly_sync.models import (
     ConversionEndpoint,
@@ -158,7 +157,7 @@ def record_redemption(arrival: Arrival, endpoint: ConversionEndpoint, values: di
 
     A new redemption is queued for forwarding in the same transaction.
     """
-    from sparkfly_sync.tasks import forward_redemption
+    from sparkfly_sync.tasks import queue_record
 
     dedup_key = events.redemption_event_id(
         credential_id=values["credential_id"], offer_id=values["offer_id"], redeemed_at=values["redeemed_at"]
@@ -186,7 +185,7 @@ def record_redemption(arrival: Arrival, endpoint: ConversionEndpoint, values: di
             original = Redemption.objects.get(dedup_key=dedup_key)
             _record(arrival, 200, InboundRequest.Outcome.DUPLICATE, redemption=original)
             return original, False
-        in_transaction(forward_redemption).defer(redemption_id=redemption.pk)
+        queue_record(redemption)
         _record(arrival, 202, InboundRequest.Outcome.ACCEPTED, redemption=redemption)
     return redemption, True
 
@@ -268,7 +267,7 @@ def record_notification(
 ) -> tuple[Notification, bool]:
     """Record a verified notification; a new one of a handled type is queued in the same
     transaction, one of any other type is kept as ``ignored``."""
-    from sparkfly_sync.tasks import process_notification
+    from sparkfly_sync.tasks import queue_record
 
     with transaction.atomic():
         try:
@@ -280,14 +279,14 @@ def record_notification(
                     occurred_at=occurred_at,
                     payload=payload,
                     received_at=arrival.received_at,
-                    state=ForwardingState.QUEUED if handled else ForwardingState.SKIPPED,
+                    state=ForwardingState.QUEUED if handled else ForwardingState.IGNORED,
                 )
         except IntegrityError:
             original = Notification.objects.get(event_id=event_id)
             _record(arrival, 200, InboundRequest.Outcome.DUPLICATE, notification=original)
             return original, False
         if handled:
-            in_transaction(process_notification).defer(notification_id=notification.pk)
+            queue_record(notification)
             _record(arrival, 202, InboundRequest.Outcome.ACCEPTED, notification=notification)
         else:
             _record(arrival, 200, InboundRequest.Outcome.IGNORED, notification=notification)

@@ -384,6 +384,7 @@ class ForwardingState(models.TextChoices):
     FORWARDED = "forwarded"  # handed to attentive_sync (a Delivery exists)
     PROCESSED = "processed"  # a notification acted on with nothing to forward (a mirror refresh)
     SKIPPED = "skipped"  # not forwarded: its event type is switched off in the Attentive settings
+    IGNORED = "ignored"  # a notification of a type the portal does not act on: recorded only
     FAILED = "failed"  # could not be forwarded; ``failure`` says why and what to do
 
 
@@ -413,6 +414,7 @@ class Redemption(models.Model):
     attempts = models.PositiveIntegerField(default=0, help_text="times the worker tried to forward it")
     failure = models.TextField(blank=True)
     forwarded_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
     delivery = models.ForeignKey(
         "attentive_sync.Delivery", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
@@ -437,6 +439,7 @@ class Notification(models.Model):
     attempts = models.PositiveIntegerField(default=0)
     failure = models.TextField(blank=True)
     processed_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
     delivery = models.ForeignKey(
         "attentive_sync.Delivery", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )

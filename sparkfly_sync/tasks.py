@@ -10,7 +10,7 @@ from django.utils import timezone
 from procrastinate import exceptions as procrastinate_exceptions
 from procrastinate.contrib.django import app
 
-from attentive_sync.jobs import in_transaction
+from attentive_sync.jobs import in_transaction, queue_once
 
 logger = logging.getLogger(__name__)
 
@@ -85,14 +85,35 @@ def process_notification(notification_id: int) -> None:
     forwarding.process_notification(notification_id)
 
 
-def defer_retry(record, *, at) -> None:
-    """Queue the next try of a redemption or notification, on the caller's transaction."""
+def record_lock(record) -> str:
+    from sparkfly_sync.models import Redemption
+
+    return f"{'redemption' if isinstance(record, Redemption) else 'notification'}:{record.pk}"
+
+
+def queue_record(record, *, at=None) -> None:
+    """Queue the one job of a redemption or notification (run at ``at``, default now), on the
+    caller's transaction. One job waits per record at most, and two never run at once."""
     from sparkfly_sync.models import Redemption
 
     if isinstance(record, Redemption):
-        in_transaction(forward_redemption.configure(schedule_at=at)).defer(redemption_id=record.pk)
+        queue_once(forward_redemption, queueing_lock=record_lock(record), at=at, exclusive=True, redemption_id=record.pk)
     else:
-        in_transaction(process_notification.configure(schedule_at=at)).defer(notification_id=record.pk)
+        queue_once(
+            process_notification, queueing_lock=record_lock(record), at=at, exclusive=True, notification_id=record.pk
+        )
+
+
+@app.periodic(cron="* * * * *", periodic_id="sparkfly-inbound-sweep")
+@app.task(name="sparkfly_sync.sweep_inbound", queue="inbound")
+def sweep_inbound(timestamp: int) -> None:
+    """Every minute: queue again any redemption or notification left queued without a job (its
+    job ended in an error before it could record one)."""
+    from sparkfly_sync.forwarding import requeue_stuck
+
+    requeued = requeue_stuck()
+    if requeued:
+        logger.warning("requeued %d redemptions/notifications that had lost their job", requeued)
 
 
 @app.periodic(cron="17 3 * * *", periodic_id="sparkfly-inbound-prune")

@@ -140,3 +140,41 @@ def test_a_forwarded_redemption_is_not_forwarded_twice(mirrored):
 
     assert forward(redemption, mirrored).state == "forwarded"
     assert Delivery.objects.count() == 1 and Redemption.objects.get().attempts == 1
+
+
+def test_an_unexpected_error_is_tried_again_later_not_dropped(mirrored):
+    credential = Credential(sparkfly_id=616161, channel_id=1)  # not mirrored: the client is needed
+    redemption = make_redemption(credential=credential, offer_id=1)
+
+    def broken_client():
+        raise RuntimeError("a bug in the client setup")
+
+    outcome = forwarding.forward_redemption(redemption.pk, client_factory=broken_client)
+
+    redemption.refresh_from_db()
+    assert outcome.state == "queued" and outcome.retry_at is not None
+    assert "a bug in the client setup" in redemption.failure
+    assert ProcrastinateJob.objects.get(task_name="sparkfly_sync.forward_redemption").scheduled_at == outcome.retry_at
+
+
+def test_a_queued_redemption_that_lost_its_job_is_queued_again(mirrored):
+    credential, link = mirrored_credential(member=Member.objects.first())
+    lost = make_redemption(credential=credential, offer_id=link.offer_id)
+    Redemption.objects.filter(pk=lost.pk).update(updated_at=datetime.now(timezone.utc) - timedelta(minutes=5))
+    recent = make_redemption(credential=credential, offer_id=link.offer_id, redeemed_at=lost.redeemed_at - timedelta(hours=1))
+
+    assert forwarding.requeue_stuck() == 1
+    assert forwarding.requeue_stuck() == 0  # it has a job now
+
+    assert list(ProcrastinateJob.objects.values_list("args", flat=True)) == [{"redemption_id": lost.pk}]
+    assert recent.pk != lost.pk
+
+
+def test_requeue_never_reopens_a_redemption_forwarded_meanwhile(mirrored):
+    credential, link = mirrored_credential(member=Member.objects.first())
+    redemption = make_redemption(credential=credential, offer_id=link.offer_id, state="failed")
+    stale = Redemption.objects.get(pk=redemption.pk)
+    Redemption.objects.filter(pk=redemption.pk).update(state="forwarded")
+
+    assert forwarding.requeue([stale]) == 0
+    assert Redemption.objects.get(pk=redemption.pk).state == "forwarded"

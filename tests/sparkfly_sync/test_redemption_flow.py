@@ -199,11 +199,15 @@ def test_while_sparkfly_is_down_the_redemption_waits_for_a_later_try(flow):
     redemption.refresh_from_db()
     assert outcome.state == "queued" and outcome.retry_at is not None
     assert redemption.state == "queued" and "503" in redemption.failure and redemption.attempts == 1
-    retry = ProcrastinateJob.objects.get(task_name="sparkfly_sync.forward_redemption", scheduled_at__isnull=False)
-    assert retry.args == {"redemption_id": redemption.pk}
+    # The redemption's one job (queued by the callback) was moved to the retry time.
+    [job] = ProcrastinateJob.objects.filter(task_name="sparkfly_sync.forward_redemption")
+    assert job.args == {"redemption_id": redemption.pk} and job.scheduled_at == outcome.retry_at
     assert run.received_events() == []
 
     run.sparkfly.sandbox.clear_faults()
-    run_worker_until_idle()  # the job queued by the callback runs; the later retry will find it done
+    run_worker_until_idle()
+    assert Redemption.objects.get().state == "queued"  # its one job now waits for the retry time
+    forwarding.requeue([redemption])  # the admin's "Retry forwarding": that job, now
+    run_worker_until_idle()
     assert Redemption.objects.get().state == "forwarded"
     assert len(run.received_events()) == 1

@@ -409,7 +409,7 @@ def test_an_event_without_an_id_is_identified_by_its_body(client, notification_e
 def test_an_unknown_event_type_is_recorded_and_acknowledged_without_action(client, notification_endpoint):
     answer = notify(client, notification_endpoint, {"event_name": "sf.transaction.completed", "id": "t-1", "data": {"x": 1}})
     assert answer.status_code == 200
-    assert Notification.objects.get().state == "skipped"
+    assert Notification.objects.get().state == "ignored"
     assert InboundRequest.objects.get().outcome == "ignored"
     assert jobs("sparkfly_sync.process_notification") == []
 
