@@ -47,6 +47,7 @@ from django.utils import timezone
 
 from attentive_sync.delivery import forward
 from attentive_sync.events import CustomEvent, InvalidEvent
+from attentive_sync.jobs import queue_once
 from sparkfly_sync import events, payloads
 from sparkfly_sync.client import CREDENTIALS_PATH, SparkflyClient, client_from_settings
 from sparkfly_sync.errors import (
@@ -501,16 +502,10 @@ def issuance_batch_retry(*, batch: IssuanceBatch, in_background: bool = True) ->
 
 
 def _queue_batch(batch: IssuanceBatch) -> None:
-    from procrastinate import exceptions as procrastinate_exceptions
-
+    """The batch's one job, on the caller's transaction (a job already waiting will do it)."""
     from sparkfly_sync.tasks import issue_credentials_batch
 
-    lock = f"issuance-batch:{batch.pk}"
-    try:
-        with transaction.atomic():  # a savepoint: a job already waiting must not poison the caller
-            issue_credentials_batch.configure(lock=lock, queueing_lock=lock).defer(batch_id=batch.pk)
-    except procrastinate_exceptions.AlreadyEnqueued:
-        pass  # the waiting job will do it
+    queue_once(issue_credentials_batch, queueing_lock=f"issuance-batch:{batch.pk}", exclusive=True, batch_id=batch.pk)
 
 
 def batch_member_key(batch: IssuanceBatch, member_id: int) -> uuid.UUID:
