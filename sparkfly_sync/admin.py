@@ -47,6 +47,7 @@ from sparkfly_sync.client import client_from_settings
 from sparkfly_sync.errors import SparkflyError
 from sparkfly_sync.inbound import rotate_secret
 from sparkfly_sync.models import (
+    is_unreadable,
     Channel,
     ConversionEndpoint,
     Credential,
@@ -865,7 +866,7 @@ def _mirrored(obj, name: str):
 def _signing_key_state(endpoint: NotificationEndpoint) -> str:
     if not endpoint.secret:
         return "No signing key is held: register at Sparkfly, or paste the callback's signing_key."
-    if callbacks.is_unreadable(endpoint.secret):
+    if is_unreadable(endpoint.secret):
         return (
             "The stored signing key cannot be decrypted with this deployment's SECRET_KEY and "
             "FIELD_ENCRYPTION_SALTS: register at Sparkfly again, or paste it."
@@ -947,7 +948,7 @@ class NotificationEndpointAdmin(InboundAdmin):
 
     @admin.display(description="signing key held", boolean=True)
     def signing_key_held(self, endpoint):
-        return bool(endpoint.secret) and not callbacks.is_unreadable(endpoint.secret)
+        return bool(endpoint.secret) and not is_unreadable(endpoint.secret)
 
     @admin.display(description="signing key")
     def signing_key(self, endpoint):

@@ -22,7 +22,6 @@ from django.db.models import QuerySet
 from django.urls import reverse
 from django.utils import timezone
 
-from attentive_sync.models import FERNET_TOKEN_PREFIX
 from portal.logs import redact
 from sparkfly_sync.client import (
     CHANNEL_PATH,
@@ -34,7 +33,7 @@ from sparkfly_sync.client import (
 )
 from sparkfly_sync.errors import SparkflyResponseError
 from sparkfly_sync.inbound import rotate_secret
-from sparkfly_sync.models import Channel, ConversionEndpoint, NotificationEndpoint
+from sparkfly_sync.models import Channel, ConversionEndpoint, NotificationEndpoint, is_unreadable
 from sparkfly_sync.serializers import HANDLED_EVENTS, ConversionSerializer
 from sparkfly_sync.sync import resource_for_model
 
@@ -260,12 +259,6 @@ def _unwrapped(body: dict, key: str, path: str) -> dict:
 
 
 # --- secrets at rest ---------------------------------------------------------------------------
-
-
-def is_unreadable(secret: str | None) -> bool:
-    """True when a stored secret cannot be decrypted with this deployment's keys (the field
-    then returns the ciphertext itself)."""
-    return bool(secret) and secret.startswith(FERNET_TOKEN_PREFIX)
 
 
 def reencrypt_secrets() -> int:

@@ -116,7 +116,10 @@ class Rejected(Exception):
         return {"detail": self.detail, **({"errors": self.errors} if self.errors else {})}
 
 
-NOT_FOUND = Rejected(404, "Not found.")
+def not_found() -> Rejected:
+    # A new one each time: a shared instance would keep the last traceback (and the secrets in
+    # its frames) alive between requests.
+    return Rejected(404, "Not found.")
 
 
 def _parse_uuid(text: str) -> uuid.UUID | None:
@@ -138,7 +141,8 @@ def authenticate_conversion_endpoint(endpoint_uuid: str, secret: str) -> Convers
     """The endpoint the URL names, if the URL carries one of its secrets; else 404.
 
     An unknown endpoint and a wrong secret are answered alike, so the answer tells a prober
-    nothing, and both run the same constant-time comparison.
+    nothing; the secret is compared in constant time (the UUID is not secret: an unknown one
+    costs a little less, which tells a prober only what the 404 says).
     """
     parsed = _parse_uuid(endpoint_uuid)
     endpoint = ConversionEndpoint.objects.filter(uuid=parsed).first() if parsed else None
@@ -147,7 +151,7 @@ def authenticate_conversion_endpoint(endpoint_uuid: str, secret: str) -> Convers
     # Every candidate is compared (no short-circuit), in constant time.
     matches = [hmac.compare_digest(candidate.encode(), given) for candidate in candidates]
     if endpoint is None or not any(matches):
-        raise NOT_FOUND
+        raise not_found()
     _check_enabled(endpoint)
     return endpoint
 
@@ -197,7 +201,7 @@ def find_notification_endpoint(endpoint_uuid: str) -> NotificationEndpoint:
     parsed = _parse_uuid(endpoint_uuid)
     endpoint = NotificationEndpoint.objects.filter(uuid=parsed).first() if parsed else None
     if endpoint is None:
-        raise NOT_FOUND
+        raise not_found()
     _check_enabled(endpoint)
     return endpoint
 
@@ -251,7 +255,9 @@ def notification_event_id(envelope: dict, body: bytes) -> str:
     for key in EVENT_ID_KEYS:
         value = envelope.get(key)
         if isinstance(value, (str, int)) and not isinstance(value, bool) and str(value).strip():
-            return str(value).strip()[:255]
+            event_id = str(value).strip()
+            # Cut short, two long ids could become one (and the second be taken for a duplicate).
+            return event_id if len(event_id) <= 255 else "sha256:" + hashlib.sha256(event_id.encode()).hexdigest()
     return "sha256:" + hashlib.sha256(body).hexdigest()
 
 

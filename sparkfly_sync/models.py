@@ -286,11 +286,20 @@ class RotatingSecret(models.Model):
 
     def accepted_secrets(self, now) -> list[str]:
         """The secrets a request may carry now: the current one, and the previous one until
-        its grace period ends."""
+        its grace period ends. A secret this deployment cannot decrypt is none of them (the
+        field would hand back its ciphertext, which a database dump holds)."""
         accepted = [self.secret] if self.secret else []
         if self.previous_secret and self.previous_secret_expires_at and now < self.previous_secret_expires_at:
             accepted.append(self.previous_secret)
-        return accepted
+        return [secret for secret in accepted if not is_unreadable(secret)]
+
+
+def is_unreadable(secret: str | None) -> bool:
+    """True when a stored secret cannot be decrypted with this deployment's keys (the
+    encrypted field then returns the ciphertext itself)."""
+    from attentive_sync.models import FERNET_TOKEN_PREFIX
+
+    return bool(secret) and secret.startswith(FERNET_TOKEN_PREFIX)
 
 
 class ConversionEndpoint(RotatingSecret):

@@ -74,17 +74,29 @@ class SparkflyIdField(serializers.Field):
 
     default_error_messages = {"invalid": "must be a positive whole number (a Sparkfly id), got {value!r}"}
 
+    minimum = 1
+
     def to_internal_value(self, data):
         if isinstance(data, bool):
             self.fail("invalid", value=data)
-        if isinstance(data, str) and data.strip().isascii() and data.strip().isdigit():
-            data = int(data.strip())
-        if not isinstance(data, int) or not 0 < data <= MAX_SPARKFLY_ID:
+        text = data.strip() if isinstance(data, str) else None
+        # 19 digits hold any BIGINT; longer text is refused before int() (which refuses
+        # over 4,300 digits with an error of its own).
+        if text is not None and text.isascii() and text.isdigit() and len(text) <= 19:
+            data = int(text)
+        if not isinstance(data, int) or not self.minimum <= data <= MAX_SPARKFLY_ID:
             self.fail("invalid", value=_short(data))
         return data
 
     def to_representation(self, value):
         return value
+
+
+class PointsField(SparkflyIdField):
+    """A quantity of points: a whole number, zero included (a free reward costs none)."""
+
+    default_error_messages = {"invalid": "must be a whole number of points (0 or more), got {value!r}"}
+    minimum = 0
 
 
 class SparkflyIdListField(serializers.Field):
@@ -204,7 +216,8 @@ EVENT_TIME_KEYS = ("created_at", "occurred_at", "timestamp")
 
 class NotificationEnvelopeSerializer(serializers.Serializer):
     event_name = serializers.CharField(max_length=100)
-    data = serializers.DictField()
+    # An object for the events the portal acts on (their serializers check it); anything for others.
+    data = serializers.JSONField(required=False)
 
 
 class _IdObject(serializers.Serializer):
@@ -237,7 +250,7 @@ class RewardStateSerializer(serializers.Serializer):
     id = SparkflyIdField()
     offer_state_id = SparkflyIdField(required=False, allow_null=True)
     credential_identifier = serializers.CharField(required=False, allow_blank=True, allow_null=True, max_length=255)
-    issued_point_value = SparkflyIdField(required=False, allow_null=True)
+    issued_point_value = PointsField(required=False, allow_null=True)
     created_at = SparkflyTimeField(required=False, allow_null=True)
 
 
@@ -245,7 +258,7 @@ class PointsRedeemedData(serializers.Serializer):
     class _Member(_MemberRef):
         enrollment = _IdObject()
 
-    points_redeemed = SparkflyIdField()
+    points_redeemed = PointsField()
     member = _Member()
     reward_state = RewardStateSerializer()
 

@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+from collections import Counter
 from urllib.parse import parse_qsl
 
-from django.db import DatabaseError, transaction
+from django.db import DatabaseError, InterfaceError, OperationalError, transaction
 from django.utils.decorators import method_decorator
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
@@ -118,12 +120,20 @@ class WebhookView(APIView):
             except Rejected as rejection:
                 inbound.record_rejection(arrival, rejection)
                 return Response(rejection.as_answer(), status=rejection.status, headers=self._headers(rejection))
-        except DatabaseError:
+        except (OperationalError, InterfaceError):
             logger.exception("could not record a %s request", self.kind)
             return Response(
                 {"detail": "The portal could not record this request; nothing was accepted. Send it again."},
                 status=status.HTTP_503_SERVICE_UNAVAILABLE,
                 headers={"Retry-After": "30"},
+            )
+        except DatabaseError:
+            # A value the validation let through but the database refuses: sending it again
+            # would fail again, so it is not a 503 (which asks for a retry).
+            logger.exception("a %s request holds a value the database refused", self.kind)
+            return Response(
+                {"detail": "The request holds a value the portal cannot store; nothing was accepted."},
+                status=status.HTTP_400_BAD_REQUEST,
             )
 
     @staticmethod
@@ -145,6 +155,10 @@ class WebhookView(APIView):
     @staticmethod
     def read_body(request, arrival: Arrival) -> None:
         """Read the raw body into ``arrival``, refusing one over MAX_BODY_BYTES without reading it."""
+        if "chunked" in request.META.get("HTTP_TRANSFER_ENCODING", "").lower() and not request.META.get("CONTENT_LENGTH"):
+            # Django reads no body without a length: the body would look empty (a bad signature, a
+            # missing field) when it is only unread.
+            raise Rejected(411, "Send the body with a Content-Length; a chunked body is not read.")
         try:
             announced = int(request.META.get("CONTENT_LENGTH") or 0)
         except ValueError:
@@ -231,12 +245,19 @@ def _no_constant(name: str):
     raise _RefusedJSON(f"{name} is not a JSON number")
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e400: a JSON number no database column can hold
+        raise _RefusedJSON(f"{text[:40]} is too large a number")
+    return value
+
+
 def _no_repeated_keys(pairs: list[tuple[str, object]]) -> dict:
-    keys = [key for key, _ in pairs]
-    if len(set(keys)) != len(keys):
-        repeated = next(key for key in keys if keys.count(key) > 1)
+    document = dict(pairs)
+    if len(document) != len(pairs):
+        repeated = next(key for key, count in Counter(key for key, _ in pairs).items() if count > 1)
         raise _RefusedJSON(f"the key {storable(repeated)!r} is given more than once")
-    return dict(pairs)
+    return document
 
 
 def _json_object(body: bytes) -> dict:
@@ -244,7 +265,9 @@ def _json_object(body: bytes) -> dict:
     key given twice (which one would count?), nested at most MAX_JSON_DEPTH deep, and no text
     jsonb refuses (NUL, unpaired surrogates)."""
     try:
-        document = json.loads(_text(body), parse_constant=_no_constant, object_pairs_hook=_no_repeated_keys)
+        document = json.loads(
+            _text(body), parse_constant=_no_constant, parse_float=_finite_float, object_pairs_hook=_no_repeated_keys
+        )
     except _RefusedJSON as exc:
         raise Rejected(400, f"Rejected: {exc}.", {"body": [str(exc)]}) from None
     except (ValueError, RecursionError):
@@ -382,8 +405,8 @@ class ConversionCallbackView(WebhookView):
         return self._serve(request, endpoint_uuid, secret=secret)
 
     def handle(self, request, arrival: Arrival, *, secret: str) -> Response:
-        endpoint = inbound.authenticate_conversion_endpoint(arrival.endpoint_uuid, secret)
         self.read_body(request, arrival)
+        endpoint = inbound.authenticate_conversion_endpoint(arrival.endpoint_uuid, secret)
         values = ConversionSerializer(data=_conversion_values(request, arrival))
         if not values.is_valid():
             raise _invalid(values.errors)
@@ -458,25 +481,27 @@ class NotificationView(WebhookView):
         return self._serve(request, endpoint_uuid)
 
     def handle(self, request, arrival: Arrival) -> Response:
-        endpoint = inbound.find_notification_endpoint(arrival.endpoint_uuid)
         self.read_body(request, arrival)
+        endpoint = inbound.find_notification_endpoint(arrival.endpoint_uuid)
         inbound.verify_signature(arrival, endpoint)
         document = _json_object(arrival.body)
-        errors: dict = {}
         envelope = NotificationEnvelopeSerializer(data=document)
-        envelope_valid = envelope.is_valid()
-        if not envelope_valid:
-            errors.update(envelope.errors)
-        event_name = envelope.validated_data["event_name"] if envelope_valid else None
-        data_serializer = DATA_SERIALIZERS.get(event_name) if event_name else None
+        if not envelope.is_valid():
+            raise _invalid(envelope.errors)
+        event_name = envelope.validated_data["event_name"]
+        data_serializer = DATA_SERIALIZERS.get(event_name)
+        occurred_at = None
         if data_serializer is not None:
-            data = data_serializer(data=document["data"])
+            # Checked only for the events the portal acts on: any other is recorded and
+            # acknowledged as it came, whatever its data and metadata look like.
+            errors: dict = {}
+            data = data_serializer(data=document.get("data"))
             if not data.is_valid():
                 errors["data"] = data.errors
-        occurred_at, time_errors = _event_time(document)
-        errors.update(time_errors)
-        if errors:
-            raise _invalid(errors)
+            occurred_at, time_errors = _event_time(document)
+            errors.update(time_errors)
+            if errors:
+                raise _invalid(errors)
         notification, created = inbound.record_notification(
             arrival,
             endpoint,

@@ -466,3 +466,92 @@ def test_request_records_past_their_retention_are_pruned_and_redemptions_kept(cl
 
     assert list(InboundRequest.objects.values_list("redemption__offer_id", flat=True)) == [3]
     assert Redemption.objects.count() == 2
+
+
+# --- found by the second review and the fuzz --------------------------------------------------------
+
+
+def test_an_id_of_thousands_of_digits_is_a_400_not_a_500(client, endpoint):
+    body = urlencode({"credential_id": "1" * 5000, "offer_id": "2", "redeemed_at": REDEEMED_AT})
+    answer = client.post(conversion_url(endpoint), data=body, content_type="application/x-www-form-urlencoded")
+    assert_rejected(answer, 400, fields={"credential_id"})
+
+
+def test_a_json_number_too_large_for_any_column_is_a_400_not_a_retry_loop(client, notification_endpoint):
+    body = b'{"event_name": "sf.transaction.completed", "id": "t-9", "data": {"total": 1e400}}'
+    answer = notify(client, notification_endpoint, None, raw=body)
+    assert answer.status_code == 400 and "too large" in answer.json()["errors"]["body"][0]
+
+
+def test_unknown_event_types_are_acknowledged_whatever_their_data_and_metadata(client, notification_endpoint):
+    for n, document in enumerate([
+        {"event_name": "sf.transaction.completed", "id": "a", "timestamp": 1714564800, "data": {"x": 1}},
+        {"event_name": "sf.transaction.completed", "id": "b"},
+        {"event_name": "sf.offer_activity.created", "id": "c", "data": [1, 2]},
+    ]):
+        assert notify(client, notification_endpoint, document).status_code == 200, n
+    assert set(Notification.objects.values_list("state", flat=True)) == {"ignored"}
+
+
+def test_a_free_reward_of_zero_points_is_accepted(client, notification_endpoint):
+    data = {**POINTS_REDEEMED["data"], "reward_state": {**POINTS_REDEEMED["data"]["reward_state"], "issued_point_value": 0}}
+    assert notify(client, notification_endpoint, {**POINTS_REDEEMED, "data": data}).status_code == 202
+
+
+def test_two_long_event_ids_sharing_a_prefix_stay_two_events(client, notification_endpoint):
+    first = {**POINTS_REDEEMED, "id": "x" * 300 + "1"}
+    second = {**POINTS_REDEEMED, "id": "x" * 300 + "2"}
+    assert notify(client, notification_endpoint, first).status_code == 202
+    assert notify(client, notification_endpoint, second).status_code == 202
+    assert Notification.objects.count() == 2
+
+
+def test_a_secret_this_deployment_cannot_decrypt_is_no_credential(client, endpoint):
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT secret FROM sparkfly_sync_conversionendpoint WHERE id = %s", [endpoint.pk])
+        ciphertext = cursor.fetchone()[0]
+    ConversionEndpoint.objects.filter(pk=endpoint.pk).update(secret="gAAAAA-not-decryptable-with-our-keys")
+    endpoint.refresh_from_db()
+    assert endpoint.secret.startswith("gAAAAA")  # the field hands back what it cannot decrypt
+
+    answer = client.get(conversion_url(endpoint, secret=endpoint.secret, credential_id="1", offer_id="2", redeemed_at=REDEEMED_AT))
+    assert answer.status_code == 404 and ciphertext
+
+
+def test_a_request_to_an_unknown_endpoint_is_kept_with_its_body(client):
+    path = reverse("sparkfly-conversion-callback", kwargs={"endpoint_uuid": "5b0d6a5e-54b4-4c3c-a5f3-2d2b1a0f8f11", "secret": "x"})
+    client.post(path, data=b"credential_id=1", content_type="application/x-www-form-urlencoded")
+    recorded = InboundRequest.objects.get()
+    assert recorded.status_code == 404 and bytes(recorded.body) == b"credential_id=1"
+
+
+def test_a_chunked_body_without_a_length_is_411_not_read_as_empty(client, notification_endpoint):
+    answer = client.post(
+        reverse("sparkfly-notifications", kwargs={"endpoint_uuid": str(notification_endpoint.uuid)}),
+        data=b"", content_type="application/json", HTTP_TRANSFER_ENCODING="chunked",
+        HTTP_X_HMAC_SHA256_SIGNATURE="x", CONTENT_LENGTH="",
+    )
+    assert answer.status_code == 411
+
+
+def test_the_webhook_views_are_exempt_from_atomic_requests():
+    from django.urls import resolve
+
+    for name, kwargs in (
+        ("sparkfly-conversion-callback", {"endpoint_uuid": "u", "secret": "s"}),
+        ("sparkfly-notifications", {"endpoint_uuid": "u"}),
+    ):
+        view = resolve(reverse(name, kwargs=kwargs)).func
+        assert getattr(view.view_class.dispatch, "_non_atomic_requests", set()) == {"default"}
+
+
+def test_an_expired_previous_signing_key_is_401_and_a_disabled_endpoint_410(client, notification_endpoint):
+    inbound.rotate_secret(notification_endpoint, new_secret=base64.b64encode(b"n" * 64).decode())
+    NotificationEndpoint.objects.filter(pk=notification_endpoint.pk).update(
+        previous_secret_expires_at=datetime.now(timezone.utc) - timedelta(seconds=1)
+    )
+    assert notify(client, notification_endpoint, POINTS_REDEEMED).status_code == 401  # signed with the old key
+    NotificationEndpoint.objects.filter(pk=notification_endpoint.pk).update(is_enabled=False)
+    assert notify(client, notification_endpoint, POINTS_REDEEMED).status_code == 410

@@ -19,7 +19,7 @@ from sparkfly_sync import callbacks
 from sparkfly_sync.client import client_from_settings
 from sparkfly_sync.errors import SparkflyError
 from sparkfly_sync.inbound import rotate_secret
-from sparkfly_sync.models import NotificationEndpoint
+from sparkfly_sync.models import NotificationEndpoint, is_unreadable
 
 UNREADABLE = "cannot be decrypted with the current SECRET_KEY, SECRET_KEY_FALLBACKS and FIELD_ENCRYPTION_SALTS"
 
@@ -173,7 +173,7 @@ class Command(BaseCommand):
                 notes.append("(endpoint switched off: answers 410)")
             self.stdout.write(f"  {_label(endpoint.channel)}: Sparkfly has it: {' '.join(notes)}")
             self.stdout.write(f"    {callbacks.conversion_callback_template(endpoint, masked=not show_secrets)}")
-            if callbacks.is_unreadable(endpoint.secret):
+            if is_unreadable(endpoint.secret):
                 self.stdout.write(
                     f"    its secret {UNREADABLE}, so its callbacks are refused: put those keys back, "
                     "or --rotate --apply"
@@ -208,6 +208,6 @@ def _when(moment) -> str:
 def _key_held(endpoint: NotificationEndpoint) -> str:
     if not endpoint.secret:
         return "none held (run with --apply, or paste it in the admin)"
-    if callbacks.is_unreadable(endpoint.secret):
+    if is_unreadable(endpoint.secret):
         return f"held, but it {UNREADABLE}: run with --apply to fetch it again"
     return "held"
