@@ -9,14 +9,8 @@ access log is configured separately; a deployment must use the same filter there
 from __future__ import annotations
 
 import logging
-import re
 
-_SECRET_IN_PATH = re.compile(r"(/hooks/sparkfly/channels/[^/\s?]*/)[^/\s?\"]+")
-MASK = "[secret]"
-
-
-def redact(text: str) -> str:
-    return _SECRET_IN_PATH.sub(r"\1" + MASK, text)
+from sparkfly_sync.redaction import MASK, redact  # noqa: F401 — MASK is part of this module's interface
 
 
 class RedactCallbackSecrets(logging.Filter):

@@ -592,7 +592,7 @@ class ChannelAdmin(SparkflyMirrorAdmin):
         for channel in queryset:
             endpoint = endpoints[channel.sparkfly_id]
             if rotate:
-                rotate_secret(endpoint)
+                callbacks.rotate_conversion_secret(endpoint)
             try:
                 callbacks.apply_conversion_callback(endpoint=endpoint, client=client)
             except SparkflyError as exc:
@@ -842,7 +842,7 @@ class ConversionEndpointAdmin(InboundAdmin):
             )
         endpoints = list(queryset)
         for endpoint in endpoints:
-            rotate_secret(endpoint)
+            callbacks.rotate_conversion_secret(endpoint)
         until = _when(timezone.now() + timedelta(hours=grace))
         self.message_user(
             request,

@@ -3,7 +3,7 @@ event notifications' callback and subscriptions.
 
 * A conversion callback URL is a credential (Sparkfly signs nothing it sends there): it holds
   its endpoint's secret. Nothing here logs it or puts it in an error; the masked template
-  (the secret as ``portal.logs`` masks it) is what people see.
+  (the secret masked as ``sparkfly_sync.redaction`` masks it) is what people see.
 * Sparkfly is called outside any transaction (a slow Sparkfly must not hold row locks); what
   it answers is written in a short transaction afterwards.
 * Errors from Sparkfly (``sparkfly_sync.errors``) propagate with Sparkfly's words; the admin
@@ -22,7 +22,6 @@ from django.db.models import QuerySet
 from django.urls import reverse
 from django.utils import timezone
 
-from portal.logs import redact
 from sparkfly_sync.client import (
     CHANNEL_PATH,
     EVENT_CALLBACK_PATH,
@@ -33,6 +32,7 @@ from sparkfly_sync.client import (
 )
 from sparkfly_sync.errors import SparkflyResponseError
 from sparkfly_sync.inbound import rotate_secret
+from sparkfly_sync.redaction import callback_fingerprint, redact
 from sparkfly_sync.models import Channel, ConversionEndpoint, NotificationEndpoint, is_unreadable
 from sparkfly_sync.serializers import HANDLED_EVENTS, ConversionSerializer
 from sparkfly_sync.sync import resource_for_model
@@ -69,7 +69,7 @@ def conversion_callback_template(endpoint: ConversionEndpoint, *, masked: bool =
     """The URL to give Sparkfly as the channel's ``conversion_callback_url``: every value
     Sparkfly can substitute, as a ``%{name}`` placeholder, and the endpoint's conv_ids keys.
     Unmasked it holds the secret: never log or display it. Masked, the secret reads as the
-    logs show it (``portal.logs.MASK``)."""
+    logs show it (``sparkfly_sync.redaction.MASK``)."""
     template = _template(endpoint, endpoint.secret)
     return redact(template) if masked else template
 
@@ -101,15 +101,24 @@ def callback_status(endpoint: ConversionEndpoint, channel: Channel) -> str:
     """Whether the channel's mirrored ``conversion_callback_url`` is this endpoint's: SET,
     PREVIOUS_SECRET (still accepted: set it again before it expires), OTHER or MISSING.
     Only as current as the mirror (``apply_conversion_callback`` and syncs refresh it)."""
-    url = channel.conversion_callback_url
-    if not url:
+    held = channel.conversion_callback_fingerprint
+    if not channel.conversion_callback_url:
         return MISSING
-    if url == _template(endpoint, endpoint.secret):
+    if held == callback_fingerprint(_template(endpoint, endpoint.secret)):
         return SET
     accepted = endpoint.accepted_secrets(timezone.now())
-    if endpoint.previous_secret in accepted and url == _template(endpoint, endpoint.previous_secret):
+    if endpoint.previous_secret in accepted and held == callback_fingerprint(_template(endpoint, endpoint.previous_secret)):
         return PREVIOUS_SECRET
     return OTHER
+
+
+def rotate_conversion_secret(endpoint: ConversionEndpoint) -> None:
+    """A new secret for the endpoint. The one Sparkfly calls with keeps working through the
+    grace period, even when an earlier rotation was never applied (so rotating twice, or again
+    after a failed apply, cannot cut Sparkfly off)."""
+    channel = Channel.objects.filter(sparkfly_id=endpoint.channel_id).first()
+    in_use = channel is not None and callback_status(endpoint, channel) == SET
+    rotate_secret(endpoint, current_in_use=in_use)
 
 
 def apply_conversion_callback(*, endpoint: ConversionEndpoint, client: SparkflyClient) -> Channel:

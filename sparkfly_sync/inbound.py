@@ -328,15 +328,22 @@ def _record(arrival: Arrival, status: int, outcome: str, **links) -> InboundRequ
 # --- endpoint management ------------------------------------------------------------------------
 
 
-def rotate_secret(endpoint: ConversionEndpoint | NotificationEndpoint, *, new_secret: str | None = None) -> None:
+def rotate_secret(
+    endpoint: ConversionEndpoint | NotificationEndpoint, *, new_secret: str | None = None, current_in_use: bool = True
+) -> None:
     """Replace the endpoint's secret (a conversion endpoint's URL secret, or a notification
     endpoint's signing key); the old one keeps working for SPARKFLY_CALLBACK_SECRET_GRACE_HOURS,
-    until Sparkfly has the new one."""
+    until Sparkfly has the new one.
+
+    ``current_in_use=False`` says Sparkfly never received the current secret (a rotation whose
+    new URL was not applied): rotating again then keeps the previous secret — the one Sparkfly
+    still calls with — rather than replacing it by one nobody holds."""
     now = timezone.now()
     fields = ["secret", "previous_secret", "previous_secret_expires_at", "secret_rotated_at"]
     with transaction.atomic():
         locked = type(endpoint).objects.select_for_update().get(pk=endpoint.pk)
-        if locked.secret:
+        previous_still_valid = bool(locked.previous_secret) and locked.previous_secret in locked.accepted_secrets(now)
+        if locked.secret and (current_in_use or not previous_still_valid):
             locked.previous_secret = locked.secret
             locked.previous_secret_expires_at = now + timedelta(hours=settings.SPARKFLY_CALLBACK_SECRET_GRACE_HOURS)
         locked.secret = new_secret if new_secret is not None else new_endpoint_secret()

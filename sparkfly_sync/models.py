@@ -102,7 +102,9 @@ class Store(SparkflyMirror):
 
 class Channel(SparkflyMirror):
     name = models.CharField(max_length=255, blank=True)
+    # Masked: a portal callback URL holds its endpoint's secret (see sparkfly_sync.redaction).
     conversion_callback_url = models.CharField(max_length=2000, blank=True)
+    conversion_callback_fingerprint = models.CharField(max_length=64, blank=True, editable=False)
     allow_sms_keyword = models.BooleanField(null=True)
     allow_hmac = models.BooleanField(null=True)
 

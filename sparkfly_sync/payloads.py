@@ -18,6 +18,8 @@ from django.core.exceptions import ValidationError
 from django.core.validators import validate_email
 from django.utils.dateparse import parse_date, parse_datetime
 
+from sparkfly_sync.redaction import callback_fingerprint, redact
+
 
 # Sparkfly ids are stored in PostgreSQL bigint columns.
 BIGINT_LIMIT = 2**63
@@ -168,10 +170,16 @@ def store_row(payload: dict) -> dict:
 
 
 def channel_row(payload: dict) -> dict:
+    """The callback URL is mirrored masked, with a keyed fingerprint of the real one: it holds
+    the portal endpoint's secret, which must not sit in the database in clear."""
+    url = _text(payload, "conversion_callback_url", 2000)
+    if url:
+        payload = {**payload, "conversion_callback_url": redact(url)}
     row = _mirror_columns(payload)
     row.update(
         name=_text(payload, "name", 255),
-        conversion_callback_url=_text(payload, "conversion_callback_url", 2000),
+        conversion_callback_url=redact(url),
+        conversion_callback_fingerprint=callback_fingerprint(url),
         allow_sms_keyword=_boolean(payload, "allow_sms_keyword"),
         allow_hmac=_boolean(payload, "allow_hmac"),
     )

@@ -15,7 +15,7 @@ from django.utils import timezone
 from procrastinate.contrib.django.models import ProcrastinateJob
 
 from attentive_sync.models import Delivery
-from sparkfly_sync import callbacks
+from sparkfly_sync import callbacks, payloads
 from sparkfly_sync.client import CHANNEL_PATH, EVENT_CALLBACKS_PATH, client_from_settings
 from sparkfly_sync.inbound import rotate_secret
 from sparkfly_sync.models import (
@@ -50,8 +50,9 @@ def inbound(settings):
     settings.PORTAL_PUBLIC_URL = "https://portal.example.com"
     endpoint = ConversionEndpoint.objects.create(channel_id=31, conv_id_keys=["loyalty_ref"])
     template = callbacks.conversion_callback_template(endpoint)
-    channel = mirror(Channel, 31, name="Attentive SMS", conversion_callback_url=template,
-                     raw={"id": 31, "conversion_callback_url": template})
+    mirrored = payloads.channel_row({"id": 31, "conversion_callback_url": template})  # as a sync mirrors it
+    channel = mirror(Channel, 31, name="Attentive SMS", conversion_callback_url=mirrored["conversion_callback_url"],
+                     conversion_callback_fingerprint=mirrored["conversion_callback_fingerprint"], raw=mirrored["raw"])
     notification_endpoint = NotificationEndpoint.objects.create(
         external_id="sparkfly-attentive-portal", secret=SIGNING_KEY, sparkfly_callback_id=901,
         events=["loyalty.enrollment.points.redeemed"],

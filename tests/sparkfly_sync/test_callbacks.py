@@ -20,7 +20,7 @@ from django.core.management import CommandError, call_command
 from django.db import connection
 from django.utils import timezone
 
-from sparkfly_sync import callbacks, inbound
+from sparkfly_sync import callbacks, inbound, payloads
 from sparkfly_sync.client import (
     CHANNEL_PATH,
     CREDENTIAL_REDEEM_PATH,
@@ -111,15 +111,22 @@ def test_endpoints_are_created_once_per_mirrored_channel(portal):
     assert len({endpoint.secret for endpoint in first}) == 3
 
 
+def as_mirrored(channel, url: str) -> None:
+    """The channel as a sync would mirror it with ``url`` at Sparkfly (masked, fingerprinted)."""
+    row = payloads.channel_row({"id": channel.sparkfly_id, "conversion_callback_url": url})
+    channel.conversion_callback_url = row["conversion_callback_url"]
+    channel.conversion_callback_fingerprint = row["conversion_callback_fingerprint"]
+
+
 def test_status_reads_missing_other_set_and_previous_secret(portal, settings):
     endpoint = callbacks.ensure_conversion_endpoints()[0]
     channel = endpoint.channel
     assert callbacks.callback_status(endpoint, channel) == callbacks.MISSING
 
-    channel.conversion_callback_url = "https://elsewhere.example.com/callback?id=%{credential_id}"
+    as_mirrored(channel, "https://elsewhere.example.com/callback?id=%{credential_id}")
     assert callbacks.callback_status(endpoint, channel) == callbacks.OTHER
 
-    channel.conversion_callback_url = callbacks.conversion_callback_template(endpoint)
+    as_mirrored(channel, callbacks.conversion_callback_template(endpoint))
     assert callbacks.callback_status(endpoint, channel) == callbacks.SET
 
     inbound.rotate_secret(endpoint)
@@ -139,7 +146,9 @@ def test_apply_sets_the_url_at_sparkfly_and_mirrors_the_channel(portal):
     channel = callbacks.apply_conversion_callback(endpoint=endpoint, client=client_from_settings())
 
     assert at_sparkfly(endpoint.channel_id) == callbacks.conversion_callback_template(endpoint)
-    assert channel.conversion_callback_url == callbacks.conversion_callback_template(endpoint)
+    # The mirror keeps it masked (it holds the endpoint's secret), with a fingerprint of the real one.
+    assert channel.conversion_callback_url == callbacks.conversion_callback_template(endpoint, masked=True)
+    assert endpoint.secret not in json.dumps(channel.raw)
     assert status_of(endpoint.channel_id) == callbacks.SET
 
 
@@ -459,3 +468,29 @@ def test_a_signed_notification_reaches_the_portal_through_the_callback_it_regist
     notification = Notification.objects.get()
     assert notification.event_name == "loyalty.enrollment.points.awarded"
     assert notification.endpoint == NotificationEndpoint.objects.get()
+
+
+def test_rotating_twice_before_applying_keeps_the_secret_sparkfly_calls_with(portal):
+    endpoint = callbacks.ensure_conversion_endpoints()[0]
+    callbacks.apply_conversion_callback(endpoint=endpoint, client=client_from_settings())
+    live = endpoint.secret  # what Sparkfly holds
+
+    callbacks.rotate_conversion_secret(endpoint)  # a new URL, not applied (say the apply failed)
+    callbacks.rotate_conversion_secret(endpoint)  # and again
+
+    endpoint.refresh_from_db()
+    assert endpoint.previous_secret == live and live in endpoint.accepted_secrets(timezone.now())
+    assert endpoint.secret != live
+
+
+def test_rotating_after_applying_moves_the_applied_secret_to_previous(portal):
+    endpoint = callbacks.ensure_conversion_endpoints()[0]
+    callbacks.apply_conversion_callback(endpoint=endpoint, client=client_from_settings())
+    callbacks.rotate_conversion_secret(endpoint)
+    callbacks.apply_conversion_callback(endpoint=endpoint, client=client_from_settings())
+    applied = endpoint.secret
+
+    callbacks.rotate_conversion_secret(endpoint)
+
+    endpoint.refresh_from_db()
+    assert endpoint.previous_secret == applied

@@ -5,7 +5,7 @@ and forwards it, and the Attentive sandbox receives the seed-shaped event — on
 from __future__ import annotations
 
 import threading
-from datetime import datetime
+from datetime import datetime, timezone
 
 import pytest
 import requests
@@ -211,3 +211,34 @@ def test_while_sparkfly_is_down_the_redemption_waits_for_a_later_try(flow):
     run_worker_until_idle()
     assert Redemption.objects.get().state == "forwarded"
     assert len(run.received_events()) == 1
+
+
+def test_ten_first_copies_racing_each_other_record_one_redemption_and_forward_once(flow):
+    run = flow()
+    sync_all(client=run.client)
+    offer = run.running_offer()
+    endpoint = run.listen_on(offer["channels"][0]["channel"]["id"])
+    credential = run.issue(offer, Member.objects.first().sparkfly_id)
+    path = reverse("sparkfly-conversion-callback", kwargs={"endpoint_uuid": str(endpoint.uuid), "secret": endpoint.secret})
+    redeemed_at = datetime.now(timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    url = run.portal_url(path) + f"?credential_id={credential['id']}&offer_id={offer['id']}&redeemed_at={redeemed_at}"
+    start = threading.Barrier(10)
+    answers: list[int] = []
+
+    def first_copy() -> None:
+        start.wait()  # all ten leave together: none is a known duplicate when it arrives
+        answers.append(requests.get(url, timeout=10).status_code)
+
+    copies = [threading.Thread(target=first_copy) for _ in range(10)]
+    for thread in copies:
+        thread.start()
+    for thread in copies:
+        thread.join()
+    run_worker_until_idle()
+
+    assert sorted(answers) == [200] * 9 + [202]
+    assert Redemption.objects.count() == 1
+    assert InboundRequest.objects.count() == 10
+    redemption = Redemption.objects.get()
+    assert redemption.state == "forwarded", redemption.failure
+    assert [event["type"] for event in run.received_events()] == [events.OFFER_STATE_REDEEMED]

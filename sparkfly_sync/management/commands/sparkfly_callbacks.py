@@ -18,7 +18,6 @@ from django.utils import timezone
 from sparkfly_sync import callbacks
 from sparkfly_sync.client import client_from_settings
 from sparkfly_sync.errors import SparkflyError
-from sparkfly_sync.inbound import rotate_secret
 from sparkfly_sync.models import NotificationEndpoint, is_unreadable
 
 UNREADABLE = "cannot be decrypted with the current SECRET_KEY, SECRET_KEY_FALLBACKS and FIELD_ENCRYPTION_SALTS"
@@ -78,7 +77,7 @@ class Command(BaseCommand):
             self.stdout.write(f"conv_ids keys of {_channels(endpoints)}: {', '.join(conv_ids) or 'none'}.")
         if rotate:
             for endpoint in endpoints:
-                rotate_secret(endpoint)
+                callbacks.rotate_conversion_secret(endpoint)
                 endpoint.refresh_from_db()
             if endpoints:
                 later = "" if apply else " Sparkfly still calls the previous URLs: run with --apply before then."
