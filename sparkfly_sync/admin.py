@@ -583,8 +583,9 @@ class ChannelAdmin(SparkflyMirrorAdmin):
                 + "Each channel's conversion_callback_url is replaced at Sparkfly now, one request per channel.",
             )
         try:
+            callbacks.check_public_url()
             client = client_from_settings(interactive=True)
-        except ImproperlyConfigured as exc:
+        except (ImproperlyConfigured, callbacks.UnreachableURL) as exc:
             self.message_user(request, f"Nothing was changed: {exc}", messages.ERROR)
             return None
         endpoints = {endpoint.channel_id: endpoint for endpoint in callbacks.ensure_conversion_endpoints()}
@@ -968,8 +969,9 @@ class NotificationEndpointAdmin(InboundAdmin):
                 "(or replaced when it points elsewhere) and one subscription added per missing event.",
             )
         try:
+            callbacks.check_public_url()
             client = client_from_settings(interactive=True)
-        except ImproperlyConfigured as exc:
+        except (ImproperlyConfigured, callbacks.UnreachableURL) as exc:
             self.message_user(request, f"Nothing was registered: {exc}", messages.ERROR)
             return None
         for external_id in external_ids:

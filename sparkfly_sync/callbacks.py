@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from urllib.parse import urlsplit
 from collections.abc import Iterable, Sequence
 
 from django.conf import settings
@@ -112,6 +113,28 @@ def callback_status(endpoint: ConversionEndpoint, channel: Channel) -> str:
     return OTHER
 
 
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "0.0.0.0"})
+
+
+class UnreachableURL(ValueError):
+    """PORTAL_PUBLIC_URL is not an address the real Sparkfly could (or should) call."""
+
+
+def check_public_url() -> None:
+    """Before giving Sparkfly a URL: the real Sparkfly must get an https URL on a public host
+    (the URL carries a secret; a loopback address would silently cut the callbacks). Only a
+    Sparkfly sandbox on this machine may be given a plain-http or loopback one."""
+    url = urlsplit(settings.PORTAL_PUBLIC_URL)
+    sparkfly = urlsplit(settings.SPARKFLY_API_URL or "")
+    if sparkfly.hostname in LOOPBACK_HOSTS:
+        return
+    if url.scheme != "https" or url.hostname in LOOPBACK_HOSTS or not url.hostname:
+        raise UnreachableURL(
+            f"PORTAL_PUBLIC_URL is {settings.PORTAL_PUBLIC_URL!r}: Sparkfly needs the portal's public https "
+            "address (set PORTAL_PUBLIC_URL); nothing was changed at Sparkfly."
+        )
+
+
 def rotate_conversion_secret(endpoint: ConversionEndpoint) -> None:
     """A new secret for the endpoint. The one Sparkfly calls with keeps working through the
     grace period, even when an earlier rotation was never applied (so rotating twice, or again
@@ -126,6 +149,7 @@ def apply_conversion_callback(*, endpoint: ConversionEndpoint, client: SparkflyC
     the channel Sparkfly returns (so ``callback_status`` reads SET). Returns that channel."""
     # The stored secret, not the caller's copy: rotate_secret saves a fresh instance, and an
     # outdated secret sent to Sparkfly would stop working when its grace period ends.
+    check_public_url()
     endpoint.refresh_from_db(fields=["secret", "previous_secret", "previous_secret_expires_at", "conv_id_keys"])
     path = CHANNEL_PATH.format(channel_id=endpoint.channel_id)
     body = client.request(
@@ -191,6 +215,7 @@ def register_notifications(
     """Make Sparkfly post ``events`` to our notification endpoint: its callback (found by
     ``external_id``, created when missing or pointing elsewhere) and one subscription per
     event. Idempotent: a second run creates nothing."""
+    check_public_url()
     endpoint, _ = NotificationEndpoint.objects.get_or_create(external_id=external_id)
     url = notification_url(endpoint)
     callback = _find_callback(client, external_id)

@@ -494,3 +494,13 @@ def test_rotating_after_applying_moves_the_applied_secret_to_previous(portal):
 
     endpoint.refresh_from_db()
     assert endpoint.previous_secret == applied
+
+
+def test_the_real_sparkfly_is_never_given_a_loopback_or_plain_http_url(portal, sandbox):
+    portal.SPARKFLY_API_URL = "https://api.sparkfly.com"  # as if configured for the real one
+    for url in ("http://127.0.0.1:8000", "http://portal.example.com", "https://localhost"):
+        portal.PORTAL_PUBLIC_URL = url
+        with pytest.raises(CommandError, match="PORTAL_PUBLIC_URL"):
+            run("--apply")
+    portal.PORTAL_PUBLIC_URL = "https://portal.example.com"
+    callbacks.check_public_url()  # accepted

@@ -95,7 +95,10 @@ class Command(BaseCommand):
 
     def _client(self):
         try:
+            callbacks.check_public_url()
             return client_from_settings()
+        except callbacks.UnreachableURL as exc:
+            raise CommandError(str(exc)) from None
         except ImproperlyConfigured as exc:
             raise CommandError(f"--apply talks to the Sparkfly API. {exc}") from None
 
