@@ -217,7 +217,7 @@ EVENT_TIME_KEYS = ("created_at", "occurred_at", "timestamp")
 class NotificationEnvelopeSerializer(serializers.Serializer):
     event_name = serializers.CharField(max_length=100)
     # An object for the events the portal acts on (their serializers check it); anything for others.
-    data = serializers.JSONField(required=False)
+    data = serializers.JSONField(required=False, allow_null=True)
 
 
 class _IdObject(serializers.Serializer):

@@ -292,10 +292,10 @@ def _unstorable_text(text: str) -> str | None:
 
 def _unstorable_json(document) -> str | None:
     """Walked without recursion: the document may be nested as deep as 64 KB allows."""
-    pending = [(document, 1)]
+    pending = [(document, 1)]  # (value, the nesting level of the object or array it is)
     while pending:
         value, depth = pending.pop()
-        if depth > MAX_JSON_DEPTH:
+        if isinstance(value, (dict, list)) and depth > MAX_JSON_DEPTH:
             return f"is nested more than {MAX_JSON_DEPTH} levels deep"
         if isinstance(value, str):
             problem = _unstorable_text(value)
@@ -330,6 +330,7 @@ _REJECTIONS = {
     404: OpenApiResponse(RejectionSerializer, description="Unknown endpoint, or a wrong secret (the same answer)."),
     405: OpenApiResponse(RejectionSerializer, description="A method the endpoint does not take."),
     410: OpenApiResponse(RejectionSerializer, description="The endpoint is switched off in the portal."),
+    411: OpenApiResponse(RejectionSerializer, description="A chunked body without a Content-Length (not read)."),
     413: OpenApiResponse(RejectionSerializer, description="The body is over 64 KB."),
     503: OpenApiResponse(RejectionSerializer, description="The database could not record it; send it again."),
 }
@@ -344,6 +345,11 @@ _CONVERSION_ANSWERS = {
 @extend_schema_field({"oneOf": [{"type": "string"}, {"type": "integer"}]})
 class _TextOrNumber(serializers.Field):
     pass
+
+
+@extend_schema_field({"anyOf": [{"type": "string"}, {"type": "number"}]})
+class _Text(serializers.Field):
+    """Text, or a JSON number taken as its text."""
 
 
 @extend_schema_field(
@@ -361,12 +367,12 @@ class ConversionValuesBody(serializers.Serializer):
     credential_id = _TextOrNumber(required=False)
     offer_id = _TextOrNumber(required=False)
     offer_ids = _IdList(required=False)
-    xid = serializers.CharField(required=False)
+    xid = _Text(required=False)
     store_id = _TextOrNumber(required=False)
     redeemed_at = serializers.CharField(required=False)
-    status = serializers.CharField(required=False)
-    sf_uid = serializers.CharField(required=False)
-    sf_ac = serializers.CharField(required=False)
+    status = _Text(required=False)
+    sf_uid = _Text(required=False)
+    sf_ac = _Text(required=False)
 
 
 class ConversionCallbackView(WebhookView):
@@ -487,7 +493,8 @@ class NotificationView(WebhookView):
         document = _json_object(arrival.body)
         envelope = NotificationEnvelopeSerializer(data=document)
         if not envelope.is_valid():
-            raise _invalid(envelope.errors)
+            # Rejected anyway: name a bad event time too, so one answer lists every problem.
+            raise _invalid({**envelope.errors, **_event_time(document)[1]})
         event_name = envelope.validated_data["event_name"]
         data_serializer = DATA_SERIALIZERS.get(event_name)
         occurred_at = None
