@@ -399,7 +399,24 @@ class ForwardingState(models.TextChoices):
     FAILED = "failed"  # could not be forwarded; ``failure`` says why and what to do
 
 
-class Redemption(models.Model):
+class ForwardedRecord(models.Model):
+    """What the worker keeps about something received that it acts on (``sparkfly_sync.forwarding``)."""
+
+    received_at = models.DateTimeField(db_index=True)
+    state = models.CharField(max_length=20, choices=ForwardingState.choices, default=ForwardingState.QUEUED, db_index=True)
+    attempts = models.PositiveIntegerField(default=0, help_text="times the worker tried to forward it")
+    failure = models.TextField(blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    delivery = models.ForeignKey(
+        "attentive_sync.Delivery", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+
+    class Meta:
+        abstract = True
+        ordering = ["-received_at"]
+
+
+class Redemption(ForwardedRecord):
     """One redemption Sparkfly reported through a conversion callback.
 
     ``dedup_key`` is the redemption's ``externalEventId`` (credential, offer and instant,
@@ -420,24 +437,16 @@ class Redemption(models.Model):
     sf_uid = models.CharField("member external id (sf_uid)", max_length=255, blank=True)
     sf_ac = models.CharField("creative (sf_ac)", max_length=255, blank=True)
     conv_ids = models.JSONField("conv_ids annotations", default=dict, blank=True)
-    received_at = models.DateTimeField(db_index=True)
-    state = models.CharField(max_length=20, choices=ForwardingState.choices, default=ForwardingState.QUEUED, db_index=True)
-    attempts = models.PositiveIntegerField(default=0, help_text="times the worker tried to forward it")
-    failure = models.TextField(blank=True)
     forwarded_at = models.DateTimeField(null=True, blank=True)
-    updated_at = models.DateTimeField(auto_now=True)
-    delivery = models.ForeignKey(
-        "attentive_sync.Delivery", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
-    )
 
-    class Meta:
-        ordering = ["-received_at"]
+    class Meta(ForwardedRecord.Meta):
+        pass
 
     def __str__(self) -> str:
         return f"Redemption of credential {self.credential_id} (offer {self.offer_id}) at {self.redeemed_at:%Y-%m-%d %H:%M:%S}"
 
 
-class Notification(models.Model):
+class Notification(ForwardedRecord):
     """One signed event notification from Sparkfly, unique by the event's own id."""
 
     event_id = models.CharField("event id", max_length=255, unique=True)
@@ -445,18 +454,10 @@ class Notification(models.Model):
     endpoint = models.ForeignKey(NotificationEndpoint, null=True, on_delete=models.SET_NULL, related_name="notifications")
     occurred_at = models.DateTimeField(null=True, blank=True)
     payload = models.JSONField(default=dict)
-    received_at = models.DateTimeField(db_index=True)
-    state = models.CharField(max_length=20, choices=ForwardingState.choices, default=ForwardingState.QUEUED, db_index=True)
-    attempts = models.PositiveIntegerField(default=0)
-    failure = models.TextField(blank=True)
     processed_at = models.DateTimeField(null=True, blank=True)
-    updated_at = models.DateTimeField(auto_now=True)
-    delivery = models.ForeignKey(
-        "attentive_sync.Delivery", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
-    )
 
-    class Meta:
-        ordering = ["-received_at"]
+    class Meta(ForwardedRecord.Meta):
+        pass
 
     def __str__(self) -> str:
         return f"{self.event_name} {self.event_id}"
