@@ -28,6 +28,11 @@ CUSTOM_ATTRIBUTES_PATH = "/v1/attributes/custom"
 SUBSCRIPTIONS_PATH = "/v1/subscriptions"
 UNSUBSCRIBE_PATH = "/v1/subscriptions/unsubscribe"
 IDENTITY_PATH = "/v1/identity-resolution/user-identifiers"
+TEXT_SEND_PATH = "/v1/text/send"
+SEGMENTS_PATH = "/v2/segments"
+SEGMENT_MEMBERS_PATH = "/v2/bulk/segments/members"
+BULK_JOB_PATH = "/v2/bulk/job/{bulk_job_id}"
+SEGMENT_MEMBERS_MAX = 10_000  # v2 spec SegmentMembers.members: 1 to 10,000 per request
 
 USER_AGENT = "sparkfly-attentive-portal/0.1 (+python-requests)"
 
@@ -146,3 +151,31 @@ class AttentiveClient:
         """``POST /v1/identity-resolution/user-identifiers`` (empty identifiers are left out)."""
         body = {key: value for key, value in identifiers.items() if value not in (None, "", [], {})}
         self.request("POST", IDENTITY_PATH, json_body=body)
+
+    def send_text(self, *, to: str, body: str, subscription_type: str = "TRANSACTIONAL") -> dict:
+        """``POST /v1/text/send`` (ref §1, "Legacy messages token"): one text to one subscriber,
+        for keys of customers' custom apps given that permission. Attentive's answer, as sent."""
+        payload = {"to": to, "body": body, "subscriptionType": subscription_type}
+        return self._json(self.request("POST", TEXT_SEND_PATH, json_body=payload))
+
+    # --- v2 segments (scope segments:all; 100 requests a second each) ---------------------------
+
+    def create_segment(self, *, name: str, external_id: str = "", description: str = "") -> dict:
+        """``POST /v2/segments``: an empty segment; Attentive makes up the externalId when none is given."""
+        body = {"name": name, "externalId": external_id, "description": description}
+        return self._json(self.request("POST", SEGMENTS_PATH, json_body={k: v for k, v in body.items() if v}))
+
+    def add_segment_members(self, *, external_id: str, members: list[dict]) -> dict:
+        """``POST /v2/bulk/segments/members``: 1 to 10,000 members, each with email, phone and/or
+        clientUserId; Attentive answers 202 ``{message, batchJobId}`` and processes them later."""
+        if not 1 <= len(members) <= SEGMENT_MEMBERS_MAX:
+            raise ValueError(f"a bulk segment request takes 1 to {SEGMENT_MEMBERS_MAX:,} members, not {len(members):,}")
+        return self._json(
+            self.request("POST", SEGMENT_MEMBERS_PATH, json_body={"externalId": external_id, "members": members})
+        )
+
+    def bulk_job(self, bulk_job_id: str) -> dict:
+        """``GET /v2/bulk/job/{bulkJobId}``: ``{bulkJobId, status, totalRecords, url}``."""
+        from urllib.parse import quote
+
+        return self._json(self.request("GET", BULK_JOB_PATH.format(bulk_job_id=quote(bulk_job_id, safe=""))))

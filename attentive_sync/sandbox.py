@@ -44,11 +44,16 @@ from portal import loopback
 from portal.loopback import SandboxServer
 
 from attentive_sync.client import (
+    BULK_JOB_PATH,
     CUSTOM_ATTRIBUTES_PATH,
     CUSTOM_EVENTS_PATH,
     IDENTITY_PATH,
     ME_PATH,
+    SEGMENT_MEMBERS_MAX,
+    SEGMENT_MEMBERS_PATH,
+    SEGMENTS_PATH,
     SUBSCRIPTIONS_PATH,
+    TEXT_SEND_PATH,
     UNSUBSCRIBE_PATH,
 )
 from attentive_sync.events import E164, FORBIDDEN_PROPERTY_KEY_CHARACTERS, FORBIDDEN_TYPE_CHARACTERS
@@ -66,6 +71,10 @@ LOWER_LIMITS = {
     f"POST {IDENTITY_PATH}": 10,
     f"POST {SUBSCRIPTIONS_PATH}": 10,
     f"POST {UNSUBSCRIBE_PATH}": 5,
+    # v2 spec: "Default Rate Limit: 100 requests per second" on segments, bulk and job status.
+    f"POST {SEGMENTS_PATH}": 100,
+    f"POST {SEGMENT_MEMBERS_PATH}": 100,
+    "GET /v2/bulk/job/<bulk_job_id>": 100,
 }
 RATE_WINDOW_SECONDS = 1.0
 
@@ -476,6 +485,82 @@ def _identify_request(request: Request) -> dict:
     return body
 
 
+def _segment_request(request: Request) -> dict:
+    """``POST /v2/segments`` (v2 spec CreateSegmentRequest): name 1–240, description 2–500,
+    externalId 1–255, each trimmed and not blank."""
+    body = _json_body(request)
+    problems = [] if "name" in body else ["name is required"]
+    for field, low, high in (("name", 1, 240), ("description", 2, 500), ("externalId", 1, 255)):
+        if field in body:
+            found = _string_problems(body[field], field, max_length=high)
+            if not found and len(body[field].strip()) < low:
+                found = [f"{field} must be at least {low} characters long"]
+            problems += found
+    _raise_if(problems)
+    return {field: body[field].strip() for field in ("name", "description", "externalId") if field in body}
+
+
+SEGMENT_MEMBER_FIELDS = ("email", "phone", "clientUserId")
+
+
+def _segment_members_request(request: Request) -> dict:
+    """``POST /v2/bulk/segments/members`` (v2 spec SegmentMembers): externalId, and 1 to 10,000
+    members each naming at least one of email, phone (E.164), clientUserId (≤ 100 characters).
+    The spec allows several identifiers on one member ("to increase matching accuracy")."""
+    body = _json_body(request)
+    problems = _string_problems(body.get("externalId"), "externalId") if "externalId" in body else ["externalId is required"]
+    members = body.get("members")
+    if not isinstance(members, list):
+        problems.append(f"members must be a list, not {_kind(members)}" if "members" in body else "members is required")
+    elif not 1 <= len(members) <= SEGMENT_MEMBERS_MAX:
+        problems.append(f"members must hold 1 to {SEGMENT_MEMBERS_MAX:,} members, not {len(members):,}")
+    else:
+        for n, member in enumerate(members):
+            where = f"members[{n}]"
+            if not isinstance(member, dict):
+                problems.append(f"{where} must be an object, not {_kind(member)}")
+                continue
+            if unknown := [key for key in member if key not in SEGMENT_MEMBER_FIELDS]:
+                problems.append(f"{where} has unknown field(s) {', '.join(map(repr, unknown))}")
+            if not any(field in member for field in SEGMENT_MEMBER_FIELDS):
+                problems.append(f"{where} needs an email, a phone or a clientUserId")
+            problems += _contact_problems(member, f"{where}.")
+            if "clientUserId" in member:
+                problems += _string_problems(member["clientUserId"], f"{where}.clientUserId", max_length=IDENTIFIER_MAX_LENGTH)
+            if len(problems) >= 20:  # enough to fix the sender; not ten thousand lines
+                break
+    _raise_if(problems)
+    return body
+
+
+TEXT_SEND_FIELDS = ("to", "subscriberExternalId", "subscriptionType", "body", "mediaUrl", "useShortLinks", "messageName")
+
+
+def _text_send_request(request: Request) -> dict:
+    """``POST /v1/text/send`` (ref §1; not in the published v1 spec): ``to`` (E.164) or
+    ``subscriberExternalId`` (an integer), not both; ``subscriptionType``; ``body``, the text
+    (ASSUMPTION: a non-empty string; Attentive silently sends nothing for an empty one, which the
+    sandbox refuses instead so the mistake shows); ``useShortLinks`` needs ``messageName``."""
+    body = _json_body(request)
+    problems = []
+    if unknown := [key for key in body if key not in TEXT_SEND_FIELDS]:
+        problems.append(f"unknown field(s) {', '.join(map(repr, unknown))}; allowed: {', '.join(TEXT_SEND_FIELDS)}")
+    if ("to" in body) == ("subscriberExternalId" in body):
+        problems.append("send exactly one of to and subscriberExternalId")
+    if "to" in body:
+        problems += _phone_problems(body["to"], "to")
+    if "subscriberExternalId" in body and (
+        isinstance(body["subscriberExternalId"], bool) or not isinstance(body["subscriberExternalId"], int)
+    ):
+        problems.append(f"subscriberExternalId must be an integer, not {_kind(body['subscriberExternalId'])}")
+    problems += _enum_problems(body.get("subscriptionType"), "subscriptionType", SUBSCRIBE_TYPES)
+    problems += _string_problems(body.get("body"), "body") if "body" in body else ["body is required"]
+    if body.get("useShortLinks") and not body.get("messageName"):
+        problems.append("useShortLinks needs a messageName")
+    _raise_if(problems)
+    return body
+
+
 def _nothing(request: Request) -> None:
     return None
 
@@ -559,6 +644,12 @@ class AttentiveSandbox:
             # "METHOD /path" -> clock times of the requests admitted in the last second
             self._windows: dict[str, deque[float]] = defaultdict(deque)
             self._rate_limited: Counter[str] = Counter()
+            # v2 segments: externalId -> {name, description, externalId, members (a set of tuples)}
+            self.segments: dict[str, dict] = {}
+            # bulk job id -> its status answer
+            self.bulk_jobs: dict[str, dict] = {}
+            self.texts: list[dict] = []  # the bodies of /v1/text/send accepted
+            self._next_bulk_job = itertools.count(1).__next__
             self._fail_rng = random.Random(self.seed)
             self._next_error_id = itertools.count(1).__next__
 
@@ -747,6 +838,11 @@ class AttentiveSandbox:
             Rule(SUBSCRIPTIONS_PATH, methods=["GET"], endpoint=_Endpoint(_eligibility_query, self._eligibility)),
             Rule(UNSUBSCRIBE_PATH, methods=["POST"], endpoint=_Endpoint(_unsubscribe_request, self._unsubscribe)),
             Rule(IDENTITY_PATH, methods=["POST"], endpoint=_Endpoint(_identify_request, self._identify)),
+            Rule(TEXT_SEND_PATH, methods=["POST"], endpoint=_Endpoint(_text_send_request, self._send_text)),
+            Rule(SEGMENTS_PATH, methods=["POST"], endpoint=_Endpoint(_segment_request, self._create_segment)),
+            Rule(SEGMENT_MEMBERS_PATH, methods=["POST"], endpoint=_Endpoint(_segment_members_request, self._add_segment_members)),
+            Rule(BULK_JOB_PATH.replace("{bulk_job_id}", "<bulk_job_id>"), methods=["GET"],
+                 endpoint=_Endpoint(_nothing, self._bulk_job)),
         ]
 
     # ============================================================================================
@@ -824,6 +920,47 @@ class AttentiveSandbox:
         """ref §4: 202 "Request processed", no body schema (ASSUMPTION: an empty object)."""
         self._remember("identities", body, request)
         return self._json({}, 202)
+
+    def _send_text(self, body: dict, request: Request) -> Response:
+        """ASSUMPTION: 200 ``{"messageId": …}``; the answer is not documented in any source we have."""
+        self.texts.append(body)
+        return self._json({"messageId": f"sandbox-text-{len(self.texts)}"})
+
+    def _create_segment(self, body: dict, request: Request) -> Response:
+        """v2 spec createSegment: 201 ``{externalId, name, description}``; the description
+        defaults to the spec's "Manual Segment Upload Public API V2". ASSUMPTION: an externalId
+        already in use is 409 (the spec lists no such answer)."""
+        external_id = body.get("externalId") or f"SEG_{len(self.segments) + 1:06d}"
+        if external_id in self.segments:
+            raise _Abort(409, f"a segment with externalId {external_id!r} exists")
+        segment = {
+            "externalId": external_id, "name": body["name"],
+            "description": body.get("description", "Manual Segment Upload Public API V2"),
+        }
+        self.segments[external_id] = {**segment, "members": set()}
+        return self._json(segment, 201)
+
+    def _add_segment_members(self, body: dict, request: Request) -> Response:
+        """v2 spec postBulkSegmentMembers: 202 ``{message, batchJobId}``; 404 for a segment that
+        does not exist. ASSUMPTION: the sandbox processes the job at once (its status is
+        COMPLETED from the first look), and the result file's URL is made up."""
+        segment = self.segments.get(body["externalId"])
+        if segment is None:
+            raise _Abort(404, f"no segment with externalId {body['externalId']!r}")
+        for member in body["members"]:
+            segment["members"].add(tuple(sorted(member.items())))
+        job_id = f"00000000-0000-4000-8000-{self._next_bulk_job():012d}"
+        self.bulk_jobs[job_id] = {
+            "bulkJobId": job_id, "status": "COMPLETED", "totalRecords": len(body["members"]),
+            "url": f"https://sandbox.invalid/bulk/{job_id}.jsonl",
+        }
+        return self._json({"message": "Bulk segment member add job successfully submitted", "batchJobId": job_id}, 202)
+
+    def _bulk_job(self, parsed: None, request: Request) -> Response:
+        job_id = request.path.rsplit("/", 1)[-1]
+        if job_id not in self.bulk_jobs:
+            raise _Abort(404, f"no bulk job {job_id!r}")
+        return self._json(self.bulk_jobs[job_id])
 
     # ============================================================================================
     # Test control over HTTP (/_sandbox/…)

@@ -181,6 +181,7 @@ INBOUND_REQUEST_RETENTION_DAYS = _read("int", "INBOUND_REQUEST_RETENTION_DAYS", 
 # (Which events are sent, the API key and the rate limit live in the admin's Attentive settings.)
 ATTENTIVE_RETRY_BASE_SECONDS = _read("float", "ATTENTIVE_RETRY_BASE_SECONDS", 2.0)
 ATTENTIVE_RETRY_CAP_SECONDS = _read("float", "ATTENTIVE_RETRY_CAP_SECONDS", 900.0)
+ATTENTIVE_TEXT_SEND_ENABLED = _read("bool", "ATTENTIVE_TEXT_SEND_ENABLED", False)  # the key may POST /v1/text/send
 
 # --- Secrets at rest -------------------------------------------------------------------------
 # django-fernet-encrypted-fields derives its keys from SECRET_KEY (+ SECRET_KEY_FALLBACKS) and

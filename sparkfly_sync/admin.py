@@ -43,6 +43,7 @@ from django.utils.text import Truncator
 from sparkfly_sync import callbacks, forwarding
 from sparkfly_sync.admin_attentive import AttentiveMemberAdminMixin
 from sparkfly_sync.admin_issuance import IssuanceAdminMixin
+from sparkfly_sync.admin_segments import SegmentAdminMixin
 from sparkfly_sync.client import client_from_settings
 from sparkfly_sync.errors import SparkflyError
 from sparkfly_sync.inbound import rotate_secret
@@ -438,7 +439,7 @@ class SparkflyMirrorAdmin(SparkflyReadOnlyAdmin):
 
 
 @admin.register(Member)
-class MemberAdmin(IssuanceAdminMixin, AttentiveMemberAdminMixin, SparkflyMirrorAdmin):
+class MemberAdmin(SegmentAdminMixin, IssuanceAdminMixin, AttentiveMemberAdminMixin, SparkflyMirrorAdmin):
     list_display = ("identifier", "name", "email", "phone", "sparkfly_id", "sparkfly_updated_at", "synced_at")
     # "app" is the only mode Sparkfly documents; any other shows under "other or empty".
     list_filter = (

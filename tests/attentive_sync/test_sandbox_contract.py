@@ -24,11 +24,15 @@ import pytest
 import requests
 
 from attentive_sync.client import (
+    BULK_JOB_PATH,
     CUSTOM_ATTRIBUTES_PATH,
     CUSTOM_EVENTS_PATH,
     IDENTITY_PATH,
     ME_PATH,
+    SEGMENT_MEMBERS_PATH,
+    SEGMENTS_PATH,
     SUBSCRIPTIONS_PATH,
+    TEXT_SEND_PATH,
     UNSUBSCRIBE_PATH,
 )
 from attentive_sync.sandbox import AttentiveSandbox, serve_in_thread
@@ -155,12 +159,21 @@ def test_accepted_requests_and_their_answers_validate_against_the_spec(attentive
     assert attentive_spec.response_problem(response) is None
 
 
+# Served, but not operations of the published v1 spec: the v2 segment operations (v2 spec) and
+# /v1/text/send (documented only on Attentive's pages, ref §1); tests/attentive_sync/test_segments.py
+# covers them.
+OUTSIDE_THE_V1_SPEC = {
+    ("POST", SEGMENTS_PATH), ("POST", SEGMENT_MEMBERS_PATH), ("GET", BULK_JOB_PATH.replace("{bulk_job_id}", "<bulk_job_id>")),
+    ("POST", TEXT_SEND_PATH),
+}
+
+
 def test_every_operation_the_sandbox_serves_is_in_the_spec_and_has_accepted_cases(attentive_spec, server):
     served = {
         (method, rule.rule)
         for rule in server.sandbox.url_map.iter_rules()
         for method in rule.methods - {"HEAD", "OPTIONS"}
-    }
+    } - OUTSIDE_THE_V1_SPEC
     in_spec = {(method.upper(), "/v1" + path) for path, operations in attentive_spec.spec["paths"].items() for method in operations}
     covered = {(method, path) for method, path, _, _ in ACCEPTED.values()}
 
