@@ -12,6 +12,11 @@ that transaction commits. ``deliver(delivery_id)`` (run by the job) makes one tr
 * any other 4xx (and a redirect, which is never followed) → dead, Attentive's message kept;
 * nothing is sent once the event is older than the maximum event age → expired.
 
+``push_attributes(user=…, properties=…)`` records a set of custom attributes the same way (a
+``Delivery`` of kind "attributes", sent to ``POST /v1/attributes/custom`` under that endpoint's
+own rate limit, with the same retries; its age counts from the push), unless it is the set
+last pushed for that clientUserId (``AttributeSnapshot``).
+
 Every try, retry and replay sends the same ``externalEventId``. A delivery is locked
 (``SELECT … FOR UPDATE SKIP LOCKED``) while it is being sent, so two workers never send it
 at once, and one queueing lock per delivery keeps at most one job waiting for it.
@@ -19,8 +24,12 @@ at once, and one queueing lock per delivery keeps at most one job waiting for it
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import math
 import random
+import uuid
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -34,7 +43,7 @@ from django.db.models import Case, Q, When
 from django.utils import timezone
 
 from attentive_sync import ratelimit
-from attentive_sync.client import CUSTOM_EVENTS_PATH, AttentiveClient
+from attentive_sync.client import CUSTOM_ATTRIBUTES_PATH, CUSTOM_EVENTS_PATH, AttentiveClient
 from attentive_sync.errors import (
     AttentiveAPIError,
     AttentiveAuthError,
@@ -42,9 +51,9 @@ from attentive_sync.errors import (
     AttentiveError,
     AttentiveRedirect,
 )
-from attentive_sync.events import CustomEvent
+from attentive_sync.events import E164, CustomEvent, EventUser, InvalidEvent
 from attentive_sync.jobs import queue_once
-from attentive_sync.models import AttentiveSettings, Delivery, DeliveryAttempt
+from attentive_sync.models import AttentiveSettings, AttributeSnapshot, Delivery, DeliveryAttempt
 
 logger = logging.getLogger(__name__)
 
@@ -107,6 +116,90 @@ def forward(event: CustomEvent) -> ForwardResult | None:
                 )
         except IntegrityError:
             return ForwardResult(Delivery.objects.get(external_event_id=event.external_event_id), created=False)
+        _queue(delivery)
+    return ForwardResult(delivery, created=True)
+
+
+# The ``event_type`` of attribute deliveries (for the admin's lists; not an Attentive event type).
+ATTRIBUTES_EVENT_TYPE = "custom attributes"
+# Each kind of delivery goes to its own endpoint, under its own rate limit (Attentive limits per endpoint).
+KIND_PATHS = {Delivery.Kind.EVENT: CUSTOM_EVENTS_PATH, Delivery.Kind.ATTRIBUTES: CUSTOM_ATTRIBUTES_PATH}
+ATTRIBUTE_NAME_MAX_LENGTH = 200  # ref §4
+_ATTRIBUTES_NAMESPACE = uuid.UUID("6f0b6a8e-2c1d-5b8e-9a57-3f2d8c1e4a10")
+
+
+def attributes_digest(properties: dict) -> str:
+    """SHA-256 of the properties as canonical JSON: equal values, equal digest."""
+    canonical = json.dumps(properties, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def attribute_problems(user: EventUser, properties: dict) -> list[str]:
+    """What Attentive (or the change detection) would refuse in this push."""
+    problems = []
+    if not user.client_user_id:
+        problems.append("user needs a clientUserId (the attributes last pushed are kept per clientUserId)")
+    if not isinstance(properties, dict) or not properties:
+        return problems + ["properties must be a non-empty object"]
+    for name, value in properties.items():
+        if not isinstance(name, str) or not name.strip() or len(name) > ATTRIBUTE_NAME_MAX_LENGTH:
+            problems.append(f"attribute name {name!r} must be 1-{ATTRIBUTE_NAME_MAX_LENGTH} characters")
+        # Attentive fixes an attribute's type by its first value and refuses arrays: only strings
+        # and numbers (not booleans, objects, lists or null) are pushed.
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            problems.append(f"attribute {name!r} is {type(value).__name__}; only strings and numbers are pushed")
+        elif isinstance(value, float) and not math.isfinite(value):
+            problems.append(f"attribute {name!r} is not a finite number")
+        elif isinstance(value, str) and "\x00" in value:
+            problems.append(f"attribute {name!r} contains a NUL character")
+    if user.phone and not E164.match(user.phone):
+        problems.append(f"user phone {user.phone!r} is not E.164 (like +13115552368)")
+    return problems
+
+
+def push_attributes(*, user: EventUser, properties: dict, dedup_key: str = "") -> ForwardResult | None:
+    """Record ``properties`` as the custom attributes of ``user`` and queue their push,
+    atomically with the caller's transaction, unless they equal the set last pushed for the
+    user's clientUserId (returns None then).
+
+    The set last pushed is remembered at once (``AttributeSnapshot``), so the same values are
+    recorded once however often they are offered; a push that ends expired is not counted (the
+    same values are pushed again next time), one Attentive refused (dead) is (pushing it again
+    would be refused again). A waiting push a newer one replaced is never sent (``_claim``
+    expires it as superseded), so a late retry cannot overwrite newer values. The dedup key
+    defaults to uuid5(clientUserId, digest, push number): the number keeps A → B → A a third push. A caller's ``dedup_key`` replaces it; one already
+    recorded is not queued again (``created=False``). Raises ``InvalidEvent`` for what
+    Attentive would refuse."""
+    if problems := attribute_problems(user, properties):
+        raise InvalidEvent("; ".join(problems))
+    user_payload = user.to_payload()
+    digest = attributes_digest(properties)
+    client_user_id = user.client_user_id
+    with transaction.atomic():
+        now = timezone.now()
+        AttributeSnapshot.objects.get_or_create(client_user_id=client_user_id, defaults={"digest": "", "pushed_at": now})
+        snapshot = (
+            AttributeSnapshot.objects.select_for_update(of=("self",)).select_related("delivery")
+            .get(client_user_id=client_user_id)
+        )
+        pushed = snapshot.delivery
+        if snapshot.digest == digest and pushed is not None and pushed.status != Delivery.Status.EXPIRED:
+            return None
+        key = dedup_key or str(uuid.uuid5(_ATTRIBUTES_NAMESPACE, f"{client_user_id}\x1f{digest}\x1f{snapshot.pushes + 1}"))
+        try:
+            with transaction.atomic():  # a savepoint: a duplicate must not poison the caller
+                delivery = Delivery.objects.create(
+                    kind=Delivery.Kind.ATTRIBUTES,
+                    external_event_id=key,
+                    event_type=ATTRIBUTES_EVENT_TYPE,
+                    payload={"user": user_payload, "properties": properties},
+                    occurred_at=now,
+                )
+        except IntegrityError:
+            return ForwardResult(Delivery.objects.get(external_event_id=key), created=False)
+        snapshot.digest, snapshot.pushed_at, snapshot.delivery = digest, now, delivery
+        snapshot.pushes += 1
+        snapshot.save(update_fields=["digest", "pushed_at", "delivery", "pushes"])
         _queue(delivery)
     return ForwardResult(delivery, created=True)
 
@@ -212,7 +305,12 @@ def _send_batch(first: int | None, settings, policy, factory, sleep, batch_size:
     concurrently within the shared rate limit, record every try; return how many were claimed."""
     claimed, lease = _claim(first, settings, batch_size)
     if claimed:
-        tries = _send_all(claimed, settings, factory, sleep, lease)
+        # Each kind to its own endpoint under its own limiter (events first); tries in claim order.
+        by_pk: dict[int, _Try | None] = {}
+        for kind in KIND_PATHS:
+            if group := [delivery for delivery in claimed if delivery.kind == kind]:
+                by_pk.update(zip((d.pk for d in group), _send_all(group, settings, factory, sleep, lease, kind=kind)))
+        tries = [by_pk.get(delivery.pk) for delivery in claimed]
         with transaction.atomic():
             _record(claimed, tries, settings, policy, lease)
     return len(claimed)
@@ -239,9 +337,12 @@ def _claim(first: int | None, settings, batch_size: int) -> tuple[list[Delivery]
             .order_by("is_first", "occurred_at")[:batch_size]
         )
         claimed = []
+        newer = _newer_attributes(batch)
         for delivery in batch:
             if _too_old(delivery, settings, now):
                 _mark_expired(delivery, settings)
+            elif delivery.pk in newer:
+                _mark_expired(delivery, settings, reason=f"superseded by a newer set of attributes (delivery {newer[delivery.pk]})")
             else:
                 claimed.append(delivery)
         Delivery.objects.filter(pk__in=[d.pk for d in claimed]).update(leased_until=lease)
@@ -249,7 +350,27 @@ def _claim(first: int | None, settings, batch_size: int) -> tuple[list[Delivery]
     return claimed, lease
 
 
-def _send_all(deliveries: list[Delivery], settings, factory, sleep, lease: datetime) -> list[_Try | None]:
+def _newer_attributes(deliveries: list[Delivery]) -> dict[int, int]:
+    """Attribute deliveries that a later push for the same clientUserId replaced (pk → the
+    newer one's pk): sent late (a retry, a replay, or in the same batch) they would overwrite
+    newer values at Attentive, so they are not sent at all."""
+    by_user = {
+        d.pk: (d.payload.get("user") or {}).get("externalIdentifiers", {}).get("clientUserId")
+        for d in deliveries
+        if d.kind == Delivery.Kind.ATTRIBUTES
+    }
+    if not by_user:
+        return {}
+    latest = dict(
+        AttributeSnapshot.objects.filter(client_user_id__in=set(by_user.values()), delivery__isnull=False)
+        .values_list("client_user_id", "delivery_id")
+    )
+    return {pk: latest[user] for pk, user in by_user.items() if latest.get(user, pk) != pk}
+
+
+def _send_all(
+    deliveries: list[Delivery], settings, factory, sleep, lease: datetime, *, kind: str = Delivery.Kind.EVENT
+) -> list[_Try | None]:
     """POST each delivery's payload, each within ``SLOT_TOLERANCE`` of its own reserved slot;
     return each one's try, or None for one not sent (the lease or its age ran out first, or
     the batch stopped on an error): those are handed back, never lost.
@@ -259,14 +380,19 @@ def _send_all(deliveries: list[Delivery], settings, factory, sleep, lease: datet
     releaser that has fallen behind (a busy CPU) does not catch up in a burst over slots
     other workers now use: it skips the slots it missed, and reserves fresh ones only when
     all it holds have passed."""
-    key = ratelimit.limiter_key(settings.key, CUSTOM_EVENTS_PATH)
+    path = KIND_PATHS[kind]
+    key = ratelimit.limiter_key(settings.key, path)
     # Stop releasing well before the lease ends: after it, another worker may claim the rows.
     send_until = lease - LEASE_MARGIN
 
     def send(delivery: Delivery) -> _Try:
         started_at, clock = timezone.now(), time.perf_counter()
         try:
-            response = _thread_client(settings, factory).post_custom_event(delivery.payload)
+            client = _thread_client(settings, factory)
+            if path == CUSTOM_EVENTS_PATH:
+                response = client.post_custom_event(delivery.payload)
+            else:
+                response = client.request("POST", path, json_body=delivery.payload)
         except AttentiveError as exc:
             return _Try(started_at, (time.perf_counter() - clock) * 1000, exc.status, exc.body, exc)
         except Exception as exc:  # a bug must cost a retry, not the whole batch's results
@@ -448,12 +574,10 @@ def _expire(delivery_id: int, settings: AttentiveSettings) -> Delivery | None:
         return _mark_expired(delivery, settings)
 
 
-def _mark_expired(delivery: Delivery, settings: AttentiveSettings) -> Delivery:
+def _mark_expired(delivery: Delivery, settings: AttentiveSettings, *, reason: str = "") -> Delivery:
     delivery.status, delivery.next_attempt_at = Delivery.Status.EXPIRED, None
-    age = settings.max_event_age
-    delivery.last_error = (delivery.last_error + "; " if delivery.last_error else "") + (
-        f"not sent: older than the maximum event age ({age})"
-    )
+    reason = reason or f"older than the maximum event age ({settings.max_event_age})"
+    delivery.last_error = (delivery.last_error + "; " if delivery.last_error else "") + f"not sent: {reason}"
     delivery.save(update_fields=["status", "next_attempt_at", "last_error"])
     return delivery
 

@@ -78,6 +78,13 @@ class AttentiveSettings(models.Model):
         "email through the sign-up source above (Attentive texts them to confirm). Someone already "
         "subscribed is not subscribed again, and someone who unsubscribed is left alone.",
     )
+    push_loyalty_attributes = models.BooleanField(
+        "keep loyalty attributes current",
+        default=False,
+        help_text="Push each enrolled member's loyalty points balance, lifetime points, tier, status and "
+        "program to Attentive as custom attributes, after syncs and loyalty events, when a value changed. "
+        "Attentive fixes an attribute's type by its first value: switch on once those names suit the brand.",
+    )
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
@@ -137,7 +144,13 @@ class AttentiveSettings(models.Model):
 
 
 class Delivery(models.Model):
-    """One custom event on its way to Attentive, sent under one ``external_event_id`` forever."""
+    """One custom event (or one set of custom attributes) on its way to Attentive, sent under
+    one ``external_event_id`` forever (for attributes, only the portal's own dedup key: the
+    attributes body has no externalEventId)."""
+
+    class Kind(models.TextChoices):
+        EVENT = "event", "custom event"  # POST /v1/events/custom
+        ATTRIBUTES = "attributes", "custom attributes"  # POST /v1/attributes/custom
 
     class Status(models.TextChoices):
         PENDING = "pending", "pending"  # waiting for its first try (or for sending to be switched on)
@@ -149,10 +162,13 @@ class Delivery(models.Model):
     FINAL = (Status.DELIVERED, Status.DEAD, Status.EXPIRED)
 
     external_event_id = models.CharField("external event id", max_length=255, unique=True)
+    kind = models.CharField(max_length=20, choices=Kind.choices, default=Kind.EVENT)
     event_type = models.CharField(max_length=200, db_index=True)
     payload = models.JSONField(help_text="The exact body sent to Attentive on every try.")
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.PENDING, db_index=True)
-    occurred_at = models.DateTimeField(help_text="When the event happened; its age counts from here.")
+    occurred_at = models.DateTimeField(
+        help_text="When the event happened (attributes: when they were pushed); its age counts from here."
+    )
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     attempts = models.PositiveIntegerField(default=0)
     next_attempt_at = models.DateTimeField(null=True, blank=True)
@@ -286,6 +302,24 @@ class IdentityLink(models.Model):
                 fields=["requested_at"], condition=models.Q(pending=True), name="identity_link_pending"
             )
         ]
+
+    def __str__(self) -> str:
+        return self.client_user_id
+
+
+class AttributeSnapshot(models.Model):
+    """The custom attributes last pushed for one clientUserId, as a digest, so unchanged
+    values are never pushed again (``delivery.push_attributes``). ``delivery`` is that push:
+    when it ends expired, the same values are pushed again on the next request."""
+
+    client_user_id = models.CharField("clientUserId", max_length=255, unique=True)
+    digest = models.CharField(max_length=64, help_text="SHA-256 of the properties last pushed (canonical JSON).")
+    pushes = models.PositiveIntegerField(default=0, help_text="How many sets were pushed (part of the dedup key).")
+    pushed_at = models.DateTimeField()
+    delivery = models.ForeignKey(Delivery, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+
+    class Meta:
+        ordering = ["client_user_id"]
 
     def __str__(self) -> str:
         return self.client_user_id

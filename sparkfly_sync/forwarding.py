@@ -30,7 +30,7 @@ from django.utils import timezone
 from attentive_sync.delivery import forward
 from attentive_sync.events import CustomEvent, InvalidEvent
 from attentive_sync.models import AttentiveSettings
-from sparkfly_sync import attentive_members, events, payloads
+from sparkfly_sync import attentive_members, events, loyalty_attributes, payloads
 from sparkfly_sync.client import MEMBER_SEARCH_PATH, SparkflyClient, client_from_settings
 from sparkfly_sync.errors import SparkflyError, SparkflyNotFound
 from sparkfly_sync.models import (
@@ -282,9 +282,11 @@ def _notification_event(notification, mirror: Mirror) -> CustomEvent | None:
     if name == shapes.ENROLLMENT_CREATED:
         mirror.refresh(LoyaltyEnrollment(sparkfly_id=int(data["enrollment"]["id"])))
         attentive_members.enrollment_created(int(data["enrollment"]["id"]), mirror)  # a subscribe, queued
+        loyalty_attributes.enrollment_changed(int(data["enrollment"]["id"]))  # an attributes job, queued
         return None
     if name == shapes.POINTS_AWARDED:
         mirror.refresh(LoyaltyEnrollment(sparkfly_id=int(data["member"]["enrollment"]["id"])))
+        loyalty_attributes.enrollment_changed(int(data["member"]["enrollment"]["id"]))  # an attributes job, queued
         return None
     if name == shapes.POINTS_REDEEMED:
         return _points_redeemed_event(notification, data, mirror)
@@ -300,6 +302,7 @@ def _points_redeemed_event(notification, data: dict, mirror: Mirror) -> CustomEv
     enrollment = LoyaltyEnrollment(sparkfly_id=int(data["member"]["enrollment"]["id"]))
     mirror.refresh(enrollment)  # its balance just changed
     enrollment = LoyaltyEnrollment.objects.get(sparkfly_id=enrollment.sparkfly_id)
+    loyalty_attributes.enrollment_changed(enrollment.sparkfly_id)  # an attributes job, queued
     member = mirror.get(Member, enrollment.member_id or int(data["member"]["id"]))
     redeemed_at = notification.occurred_at or state.get("created_at") or notification.received_at
     return events.points_redeemed(

@@ -26,7 +26,7 @@ from django.conf import settings
 from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 
-from sparkfly_sync import attentive_members
+from sparkfly_sync import attentive_members, loyalty_attributes
 from sparkfly_sync import client as api
 from sparkfly_sync import payloads
 from sparkfly_sync.client import Page, SparkflyClient
@@ -357,6 +357,8 @@ def sync_resource(
         _finish(run, SyncRun.Status.SUCCEEDED)
         if resource.model is Member:  # queues the identity links of changed contacts; never fails the run
             attentive_members.link_changed_members(changed_since=run.started_at)
+        if resource.model is LoyaltyEnrollment:  # queues the changed members' loyalty attributes; never fails the run
+            loyalty_attributes.enrollments_synced(changed_since=run.started_at)
         logger.info(
             "%s sync %s: %d pages, %d created, %d updated, %d unchanged, %d errors in %.1fs",
             name, run.pk, run.pages, run.created, run.updated, run.unchanged, run.errors, time.monotonic() - started,
