@@ -29,7 +29,7 @@ from django.forms.models import BaseInlineFormSet
 from django.http import HttpResponseNotAllowed, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 from django.utils.text import Truncator
 from django.utils.timesince import timesince
 
@@ -38,6 +38,9 @@ from attentive_sync.client import AttentiveClient
 from attentive_sync.errors import AttentiveAuthError, AttentiveError
 from attentive_sync.models import AttentiveSettings, Delivery, DeliveryAttempt, IdentityLink, SubscriptionState
 from attentive_sync.registry import event_types
+from attentive_sync import segments
+from attentive_sync.segments import SegmentPush
+from attentive_sync.subscriptions import NotConfigured, client_from_settings as subscriptions_client
 
 # Both actions lock and queue every selected delivery while the admin waits: a few thousand
 # finish well within a proxy's timeout. Waiting deliveries are queued again by the sweeper.
@@ -495,3 +498,40 @@ class IdentityLinkAdmin(ReadOnlyRecordAdmin):
     @admin.display(description="last error", ordering="last_error")
     def last_error_excerpt(self, link):
         return Truncator(link.last_error).chars(LIST_ERROR_CHARS)
+
+
+@admin.register(SegmentPush)
+class SegmentPushAdmin(ReadOnlyRecordAdmin):
+    """A push's batches, and Attentive's status of each batch's job, asked when the page opens."""
+
+    list_display = ("__str__", "state", "total", "members_sent", "batches_sent", "requested_at", "finished_at")
+    list_filter = ("state",)
+    search_fields = ("segment_external_id__exact",)
+    fields = readonly_fields = (
+        "segment_external_id", "state", "criteria", "total", "batch_size", "batches_sent", "members_sent",
+        "requested_at", "finished_at", "errors", "attentive_jobs",
+    )
+
+    @admin.display(description="Attentive's bulk jobs")
+    def attentive_jobs(self, push):
+        if not push.job_ids:
+            return "No batch sent yet."
+        try:
+            client = subscriptions_client()
+        except NotConfigured as exc:
+            return f"Attentive's job statuses cannot be read: {exc}."
+        try:
+            statuses = segments.job_statuses(push, client=client)
+        finally:
+            client.session.close()
+        shown = len(statuses)
+        rows = format_html_join(
+            "", "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            ((s.get("bulkJobId", ""), s.get("status", ""), s.get("totalRecords", ""), s.get("error") or s.get("url", ""))
+             for s in statuses),
+        )
+        note = format_html("<p>The newest {} of {} jobs.</p>", shown, len(push.job_ids)) if shown < len(push.job_ids) else ""
+        return format_html(
+            "{}<table><thead><tr><th>job id</th><th>status</th><th>records</th><th>result file or error</th></tr>"
+            "</thead><tbody>{}</tbody></table>", note, rows,
+        )

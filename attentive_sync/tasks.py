@@ -14,6 +14,9 @@ from attentive_sync.errors import (
     AttentiveServerError,
 )
 
+# Registers SegmentPush (it lives with its services, not in models.py) wherever jobs run.
+from attentive_sync.segments import SegmentPush  # noqa: E402,F401
+
 logger = logging.getLogger(__name__)
 
 
@@ -115,3 +118,20 @@ def link_identities(timestamp: int | None = None) -> None:
         )
     if run.more:
         identity.queue_link_job()
+
+
+@app.task(name="attentive_sync.push_segment", queue="contacts", retry=_TRANSIENT_RETRY)
+def push_segment(push_id: int) -> None:
+    """Send a segment push's remaining batches; an outage raises, so procrastinate tries again
+    and the push resumes after the last batch Attentive accepted."""
+    from attentive_sync.segments import SegmentPush, segment_push_send
+
+    from attentive_sync import subscriptions
+
+    try:
+        client = subscriptions.client_from_settings()
+    except subscriptions.NotConfigured as exc:  # recorded on the push, final
+        SegmentPush.objects.filter(pk=push_id).update(state=SegmentPush.State.FAILED, errors=[str(exc)])
+        return
+    push = segment_push_send(push_id, client=client)
+    logger.info("%s: %s, %d batches sent", push, push.state, push.batches_sent)

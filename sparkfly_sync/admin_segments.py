@@ -1,12 +1,15 @@
-"""Segments on the member list: filters, and a CSV for Attentive's subscriber upload.
+"""Segments on the member list: filters, a CSV for Attentive's subscriber upload, and a push into
+an Attentive v2 segment.
 
 * The filters (program, tier, points range, enrollment status, subscription state) only name
   their parameters; ``get_queryset`` applies them together through one selector
   (``selectors.segment_members``), so the enrollment conditions hold for one enrollment.
-* "Export for Attentive (CSV)" acts on the whole filtered list
+* "Export for Attentive (CSV)" and "Push to an Attentive segment…" act on the whole filtered list
   when nothing is ticked (``actions_without_selection``), on the ticked rows otherwise.
 * The export streams: rows come from a server-side cursor a chunk at a time and are written as
   they are read, so a million members take the memory of one chunk.
+* The push records a ``SegmentPush`` and queues its job; its page shows the batches and
+  Attentive's status of each batch's job.
 * "Send a text…" on a member's page sends one text through ``POST /v1/text/send`` and shows
   Attentive's answer. Attentive only takes it from keys whose app has that permission, so the
   button and its page exist only with ``ATTENTIVE_TEXT_SEND_ENABLED``.
@@ -18,16 +21,18 @@ import csv
 import json
 
 from django import forms
-from django.contrib import admin
 from django.conf import settings
+from django.contrib import admin, messages
+from django.contrib.admin import helpers
 from django.contrib.admin.utils import unquote
 from django.core.exceptions import PermissionDenied
-from django.http import Http404, StreamingHttpResponse
+from django.http import Http404, HttpResponseRedirect, StreamingHttpResponse
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
 
+from attentive_sync import segments
 from sparkfly_sync import selectors
 from sparkfly_sync.models import LoyaltyEnrollment, LoyaltyProgram
 from sparkfly_sync.selectors import SUBSCRIPTION_FILTERS, SegmentCriteria
@@ -89,6 +94,8 @@ class SubscriptionFilter(_CriterionFilter):
 
 
 SEGMENT_FILTERS = (ProgramFilter, TierFilter, PointsFilter, EnrollmentStatusFilter, SubscriptionFilter)
+SEGMENT_PARAMETERS = {f.parameter_name for f in SEGMENT_FILTERS} | {"o"}  # "o": the ordering, no filter
+MAX_LISTED_MEMBERS = 100_000
 
 
 def criteria_from(params) -> SegmentCriteria:
@@ -127,6 +134,17 @@ def attentive_csv_response(queryset, *, filename: str) -> StreamingHttpResponse:
     return response
 
 
+class SegmentPushForm(forms.Form):
+    segment_external_id = forms.CharField(
+        label="Segment externalId", max_length=255,
+        help_text="The externalId of the Attentive segment to add the members to.",
+    )
+    create_with_name = forms.CharField(
+        label="Create it first, named", max_length=240, required=False,
+        help_text="Leave empty when the segment exists in Attentive already.",
+    )
+
+
 class TextSendForm(forms.Form):
     body = forms.CharField(label="Text", widget=forms.Textarea(attrs={"rows": 4, "cols": 60}), max_length=1600)
     subscription_type = forms.ChoiceField(
@@ -136,9 +154,10 @@ class TextSendForm(forms.Form):
 
 
 class SegmentAdminMixin:
-    """Mixed into ``MemberAdmin``: the segment filters, the CSV export and the one-off text."""
+    """Mixed into ``MemberAdmin``: the segment filters, the CSV export, the segment push and the
+    one-off text."""
 
-    segment_actions = ("export_attentive_csv",)
+    segment_actions = ("export_attentive_csv", "push_attentive_segment")
 
     def __init__(self, model, admin_site):
         super().__init__(model, admin_site)
@@ -156,6 +175,59 @@ class SegmentAdminMixin:
     def export_attentive_csv(self, request, queryset):
         stamp = timezone.now().strftime("%Y%m%d-%H%M%S")
         return attentive_csv_response(queryset, filename=f"attentive-subscribers-{stamp}.csv")
+
+    @admin.action(description="Push to an Attentive segment…", permissions=["manage"])
+    def push_attentive_segment(self, request, queryset):
+        from attentive_sync.subscriptions import NotConfigured, client_from_settings
+
+        form = SegmentPushForm(request.POST if request.POST.get("confirmed") == "yes" else None)
+        count = queryset.count()
+        # The whole list narrowed only by the segment filters travels as criteria (a million
+        # members stay a few bytes); ticked rows, a search or other filters as the members' keys.
+        by_criteria = request.POST.get("select_across") == "1" and set(request.GET) <= SEGMENT_PARAMETERS
+        if not by_criteria and count > MAX_LISTED_MEMBERS:
+            self.message_user(
+                request,
+                f"Push at most {MAX_LISTED_MEMBERS:,} ticked or searched members at a time, or select the whole "
+                "list narrowed by the loyalty and subscription filters only.",
+                messages.ERROR,
+            )
+            return None
+        if not form.is_valid():
+            context = {
+                **self.admin_site.each_context(request),
+                "opts": self.opts,
+                "title": "Push to an Attentive segment",
+                "question": f"Add {count:,} members to an Attentive segment?",
+                "detail": f"They are sent in batches of up to {segments.SEGMENT_MEMBERS_MAX:,} by a background job; "
+                          "the push's page shows each batch and Attentive's status of it.",
+                "form": form,
+                "action": "push_attentive_segment",
+                "checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+                "selected": request.POST.getlist(helpers.ACTION_CHECKBOX_NAME),
+                "select_across": request.POST.get("select_across", "0"),
+            }
+            return TemplateResponse(request, "admin/sparkfly_sync/member/attentive_segment_push.html", context)
+        external_id = form.cleaned_data["segment_external_id"].strip()
+        if name := form.cleaned_data["create_with_name"].strip():
+            try:
+                client = client_from_settings()
+                try:
+                    client.create_segment(name=name, external_id=external_id)
+                finally:
+                    client.session.close()
+            except (NotConfigured, segments.AttentiveError) as exc:
+                self.message_user(request, f"The segment was not created: {exc}", messages.ERROR)
+                return None
+        criteria = criteria_from(request.GET).as_dict()
+        if not by_criteria:
+            criteria = {"members": sorted(queryset.values_list("pk", flat=True))}
+        push = segments.segment_push_create(
+            segment_external_id=external_id, source="sparkfly_sync.selectors.segment_contacts",
+            criteria=criteria, total=count,
+        )
+        self.message_user(request, f"{push} queued: {count:,} members.", messages.SUCCESS)
+        return HttpResponseRedirect(reverse("admin:attentive_sync_segmentpush_change", args=[push.pk]))
 
     # --- a one-off text from the member page ----------------------------------------------------
 

@@ -1,13 +1,34 @@
-"""Attentive v2 segments and one-off texts: the client and the sandbox over loopback HTTP (create
-a segment, add members in bulk, read a bulk job; POST /v1/text/send)."""
+"""Attentive v2 segments: the client and the sandbox over loopback HTTP (create a segment, add
+members in bulk, read a bulk job), and the segment push service sending batches of at most
+10,000 under the shared limiter."""
 
 from __future__ import annotations
 
 import pytest
 import requests
 
+from attentive_sync import segments
 from attentive_sync.client import SEGMENT_MEMBERS_MAX, SEGMENT_MEMBERS_PATH, AttentiveClient
 from attentive_sync.errors import AttentiveError
+from attentive_sync.models import AttentiveSettings
+from attentive_sync.segments import SegmentPush
+from tests.conftest import run_worker_until_idle
+
+SOURCE = "tests.attentive_sync.test_segments.numbered_contacts"
+
+
+def numbered_contacts(criteria: dict, *, after: int, limit: int) -> list[tuple[int, dict]]:
+    """A member source of ``criteria["count"]`` people, keyed 1…count; every third has only a
+    clientUserId, the others a phone and an email too."""
+    last = min(after + limit, criteria["count"])
+    return [(key, _contact(key)) for key in range(after + 1, last + 1)]
+
+
+def _contact(key: int) -> dict:
+    if key % 3 == 0:
+        return {"clientUserId": f"member-{key:06d}"}
+    return {"phone": f"+1415{key:07d}", "email": f"m{key}@example.com", "clientUserId": f"member-{key:06d}"}
+
 
 @pytest.fixture
 def client(attentive_sandbox):
@@ -65,6 +86,80 @@ def test_an_unknown_segment_or_job_is_404(client):
     with pytest.raises(AttentiveError) as unknown:
         client.bulk_job("no-such-job")
     assert unknown.value.status == 404
+
+
+@pytest.fixture
+def configured(attentive_sandbox):
+    settings = AttentiveSettings.load()
+    settings.api_url = attentive_sandbox.base_url
+    settings.api_key = "sandbox"
+    settings.save()
+    attentive_sandbox.sandbox.segments["loyalty_gold"] = {
+        "externalId": "loyalty_gold", "name": "Gold", "description": "", "members": set(),
+    }
+    return attentive_sandbox
+
+
+@pytest.mark.django_db(transaction=True)
+def test_25000_members_go_in_three_batches_of_at_most_10000_through_the_job(configured):
+    push = segments.segment_push_create(
+        segment_external_id="loyalty_gold", source=SOURCE, criteria={"count": 25_000}, total=25_000,
+    )
+    run_worker_until_idle(["contacts"])
+
+    push.refresh_from_db()
+    assert push.state == SegmentPush.State.SENT
+    assert (push.batches_sent, push.members_sent, push.last_key) == (3, 25_000, 25_000)
+    assert len(set(push.job_ids)) == 3
+    jobs = configured.sandbox.bulk_jobs
+    assert [jobs[job_id]["totalRecords"] for job_id in push.job_ids] == [10_000, 10_000, 5_000]
+    assert configured.sandbox.count_requests(SEGMENT_MEMBERS_PATH, "POST") == 3
+    assert len(configured.sandbox.segments["loyalty_gold"]["members"]) == 25_000
+
+    client = AttentiveClient(api_key="sandbox", base_url=configured.base_url)
+    statuses = segments.job_statuses(push, client=client)
+    assert [(s["bulkJobId"], s["status"]) for s in statuses] == [(job_id, "COMPLETED") for job_id in push.job_ids]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_push_stopped_by_an_outage_resumes_after_the_last_accepted_batch(configured):
+    configured.sandbox.inject_fault(SEGMENT_MEMBERS_PATH, status=503, after=1)
+    push = SegmentPush.objects.create(
+        segment_external_id="loyalty_gold", source=SOURCE, criteria={"count": 25_000}, total=25_000,
+    )
+    client = AttentiveClient(api_key="sandbox", base_url=configured.base_url)
+    with pytest.raises(AttentiveError):
+        segments.segment_push_send(push.pk, client=client)
+    push.refresh_from_db()
+    assert (push.state, push.batches_sent, push.last_key) == (SegmentPush.State.SENDING, 1, 10_000)
+    assert push.errors and push.errors[0].startswith("batch 2:")
+
+    push = segments.segment_push_send(push.pk, client=client)
+    assert (push.state, push.batches_sent, push.members_sent) == (SegmentPush.State.SENT, 3, 25_000)
+    assert len(configured.sandbox.segments["loyalty_gold"]["members"]) == 25_000
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_refused_batch_fails_the_push_with_attentives_words(configured):
+    push = SegmentPush.objects.create(
+        segment_external_id="not_there", source=SOURCE, criteria={"count": 10}, total=10,
+    )
+    client = AttentiveClient(api_key="sandbox", base_url=configured.base_url)
+    push = segments.segment_push_send(push.pk, client=client)
+    assert push.state == SegmentPush.State.FAILED
+    assert "no segment with externalId 'not_there'" in push.errors[0]
+
+
+@pytest.mark.django_db
+def test_the_push_page_shows_the_batches_and_attentives_job_statuses(admin_client, configured):
+    client = AttentiveClient(api_key="sandbox", base_url=configured.base_url)
+    job_id = client.add_segment_members(external_id="loyalty_gold", members=[{"email": "a@example.com"}])["batchJobId"]
+    push = SegmentPush.objects.create(
+        segment_external_id="loyalty_gold", source=SOURCE, criteria={"count": 1}, total=1,
+        batches_sent=1, members_sent=1, job_ids=[job_id], state=SegmentPush.State.SENT,
+    )
+    page = admin_client.get(f"/admin/attentive_sync/segmentpush/{push.pk}/change/").content.decode()
+    assert f"<td>{job_id}</td><td>COMPLETED</td><td>1</td>" in page
 
 
 # --- POST /v1/text/send ------------------------------------------------------------------------------

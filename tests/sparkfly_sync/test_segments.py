@@ -1,6 +1,7 @@
 """Segments from the member list: the loyalty and subscription filters, the CSV for Attentive's
-subscriber upload (100,000 members streamed in constant memory), and a one-off text, through
-Django's test client and the Attentive sandbox over loopback HTTP."""
+subscriber upload (100,000 members streamed in constant memory), and the push into an Attentive
+segment in batches of at most 10,000, through Django's test client, the worker and the Attentive
+sandbox over loopback HTTP."""
 
 from __future__ import annotations
 
@@ -13,9 +14,12 @@ from django.contrib.admin import helpers
 from django.urls import reverse
 from django.utils import timezone
 
+from attentive_sync.client import SEGMENT_MEMBERS_PATH
 from attentive_sync.models import AttentiveSettings, SubscriptionState
+from attentive_sync.segments import SegmentPush
 from sparkfly_sync.models import LoyaltyEnrollment, LoyaltyProgram, Member
 from sparkfly_sync.selectors import ATTENTIVE_UPLOAD_COLUMNS
+from tests.conftest import run_worker_until_idle
 
 CHANGELIST = reverse("admin:sparkfly_sync_member_changelist")
 HEADER = "phone,email,firstName,lastName,clientUserId\r\n"
@@ -160,6 +164,58 @@ def attentive(attentive_sandbox):
     settings.api_key = "sandbox"
     settings.save()
     return attentive_sandbox
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_whole_filtered_list_is_pushed_in_batches_of_at_most_10000(admin_client, attentive):
+    make_members(25_000)
+    other = timezone.now()
+    LoyaltyProgram.objects.create(sparkfly_id=100, name="Coffee Club", synced_at=other)
+    LoyaltyEnrollment.objects.bulk_create(
+        [LoyaltyEnrollment(sparkfly_id=n, member_id=n, program_id=100, synced_at=other) for n in range(1, 25_001)]
+    )
+    asked = admin_client.post(CHANGELIST + "?program=100", {"action": "push_attentive_segment", "index": 0})
+    assert "Add 25,000 members to an Attentive segment?" in asked.content.decode()
+
+    pushed = admin_client.post(
+        CHANGELIST + "?program=100",
+        {"action": "push_attentive_segment", "index": 0, "select_across": "1", helpers.ACTION_CHECKBOX_NAME: ["all"],
+         "confirmed": "yes", "segment_external_id": "coffee_club", "create_with_name": "Coffee Club members"},
+    )
+    push = SegmentPush.objects.get()
+    assert pushed["Location"] == reverse("admin:attentive_sync_segmentpush_change", args=[push.pk])
+    assert push.criteria == {"program": 100} and push.total == 25_000
+    assert attentive.sandbox.segments["coffee_club"]["name"] == "Coffee Club members"
+
+    run_worker_until_idle(["contacts"])
+    push.refresh_from_db()
+    # Members without phone or email go by their clientUserId alone (the spec allows any one).
+    assert (push.state, push.batches_sent, push.members_sent) == (SegmentPush.State.SENT, 3, 25_000)
+    assert [attentive.sandbox.bulk_jobs[j]["totalRecords"] for j in push.job_ids] == [10_000, 10_000, 5_000]
+    assert attentive.sandbox.count_requests(SEGMENT_MEMBERS_PATH, "POST") == 3
+
+    page = admin_client.get(reverse("admin:attentive_sync_segmentpush_change", args=[push.pk])).content.decode()
+    for job_id, records in zip(push.job_ids, (10_000, 10_000, 5_000)):
+        assert f"<td>{job_id}</td><td>COMPLETED</td><td>{records}</td>" in page
+
+
+@pytest.mark.django_db(transaction=True)
+def test_ticked_members_are_pushed_by_their_keys(admin_client, attentive):
+    make_members(5)
+    attentive.sandbox.segments["vip"] = {"externalId": "vip", "name": "VIP", "description": "", "members": set()}
+    ticked = list(Member.objects.filter(sparkfly_id__in=[2, 3]).values_list("pk", flat=True))
+    admin_client.post(
+        CHANGELIST,
+        {"action": "push_attentive_segment", "index": 0, helpers.ACTION_CHECKBOX_NAME: ticked,
+         "confirmed": "yes", "segment_external_id": "vip"},
+    )
+    run_worker_until_idle(["contacts"])
+    push = SegmentPush.objects.get()
+    assert push.criteria == {"members": sorted(ticked)}
+    assert attentive.sandbox.segments["vip"]["members"] == {
+        (("clientUserId", f"member-00000{n}"), ("email", f"m{n}@example.com"), ("phone", f"+1415000000{n}"))
+        for n in (2, 3)
+    }
 
 
 # --- a one-off text from the member page ------------------------------------------------------------
