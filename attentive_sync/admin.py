@@ -90,6 +90,7 @@ class AttentiveSettingsForm(forms.ModelForm):
         fields = (
             "api_url", "sign_up_source_id", "enabled", "rate_limit_per_second", "max_event_age",
             "auto_subscribe_on_enrollment",
+            "push_loyalty_attributes",
         )
         # Attentive is only served over https: a URL typed without a scheme means that.
         field_classes = {"api_url": partial(forms.URLField, assume_scheme="https")}
@@ -165,7 +166,7 @@ class AttentiveSettingsAdmin(admin.ModelAdmin):
     fieldsets = (
         ("Connection", {"fields": ("new_api_key", "clear_api_key", "api_url", "sign_up_source_id")}),
         ("Sending", {"fields": ("enabled", "forwarded_event_types", "rate_limit_per_second", "max_event_age")}),
-        ("Subscriptions", {"fields": ("auto_subscribe_on_enrollment",)}),
+        ("Subscriptions and attributes", {"fields": ("auto_subscribe_on_enrollment", "push_loyalty_attributes")}),
         (None, {"fields": ("updated_at",)}),
     )
     readonly_fields = ("updated_at",)
@@ -173,7 +174,7 @@ class AttentiveSettingsAdmin(admin.ModelAdmin):
     view_only_fieldsets = (
         ("Connection", {"fields": ("stored_api_key", "api_url", "sign_up_source_id")}),
         ("Sending", {"fields": ("enabled", "disabled_event_types", "rate_limit_per_second", "max_event_age")}),
-        ("Subscriptions", {"fields": ("auto_subscribe_on_enrollment",)}),
+        ("Subscriptions and attributes", {"fields": ("auto_subscribe_on_enrollment", "push_loyalty_attributes")}),
         (None, {"fields": ("updated_at",)}),
     )
 
