@@ -289,7 +289,8 @@ def main() -> None:
             "portal.wsgi:application", config, env, ready_path="/healthz", log_path=workdir / "gunicorn.log"
         )
         processes.append(portal)
-        with override_settings(PORTAL_PUBLIC_URL=portal_url):  # the URL Sparkfly calls: this gunicorn
+        # The URL Sparkfly (a sandbox on this machine, so a plain-http one is allowed) calls: this gunicorn.
+        with override_settings(PORTAL_PUBLIC_URL=portal_url, SPARKFLY_API_URL=sparkfly_url):
             apply_conversion_callback(endpoint=endpoint, client=client)
         workers = start_workers(args.workers, args.concurrency, env)
         processes.extend(workers)
