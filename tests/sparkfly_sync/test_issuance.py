@@ -569,3 +569,25 @@ def test_the_command_exits_non_zero_when_a_member_failed(mirrored, sparkfly_sand
 def test_the_command_refuses_what_it_cannot_mean(args, db):
     with pytest.raises(CommandError):
         call_command("issue_credentials", *args, stdout=StringIO(), stderr=StringIO())
+
+
+def test_the_command_gives_its_resume_key_before_issuing_anything(mirrored, sparkfly_settings, monkeypatch):
+    from sparkfly_sync import issuance as service
+
+    first, second = member_ids(2)
+    errors = StringIO()
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt  # the operator's Ctrl-C, at the first member
+
+    monkeypatch.setattr(service, "issue_credential", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        call_command("issue_credentials", "--channel", str(CHANNEL), "--offers", str(RUNNING[0]),
+                     "--members", f"{first},{second}", stdout=StringIO(), stderr=errors)
+    monkeypatch.undo()
+
+    key = str(IssuanceBatch.objects.get().idempotency_key)
+    assert f"--idempotency-key {key}" in errors.getvalue()
+    run_command("--channel", str(CHANNEL), "--offers", str(RUNNING[0]), "--members", f"{first},{second}",
+                "--idempotency-key", key)
+    assert IssuanceBatch.objects.count() == 1 and IssuanceRequest.objects.filter(state=ISSUED).count() == 2

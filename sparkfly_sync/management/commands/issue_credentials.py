@@ -74,6 +74,12 @@ class Command(BaseCommand):
             raise CommandError(str(exc)) from exc
         if batch.state == batch.State.RUNNING:
             raise CommandError(f"Batch {batch.pk} of this key is running elsewhere right now; wait for it to finish.")
+        # Before anything is issued: a run cut short (Ctrl-C, a lost session) is resumed with this
+        # key, without issuing again to members it already settled.
+        self.stderr.write(
+            f"Batch {batch.pk}, idempotency key {batch.idempotency_key}: if this run is interrupted, run the "
+            f"same command with --idempotency-key {batch.idempotency_key}."
+        )
         issuance.issuance_batch_retry(batch=batch, in_background=False)  # a rerun: done → queued
         batch = issuance.issue_batch(batch.pk, client=client, on_result=self._report)
         if batch.failure:
