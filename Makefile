@@ -22,6 +22,7 @@ run: setup
 	DEBUG=$${DEBUG:-true} $(BIN)/python manage.py runportal
 
 test: setup
+	SECRET_KEY=collectstatic-only $(BIN)/python manage.py collectstatic --noinput --verbosity 0
 	$(BIN)/python -m pytest
 
 # The ingest benchmark's load generator is wrk (a Debian package), installed when missing.

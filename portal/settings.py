@@ -68,6 +68,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Serves static/ itself (compressed, cached), so the portal needs no web server or CDN.
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -124,13 +126,34 @@ AUTH_PASSWORD_VALIDATORS = [
 ]
 
 LANGUAGE_CODE = "en-us"
-TIME_ZONE = "UTC"
+# The program's time zone: the dashboard's days start at its midnight.
+TIME_ZONE = _read("str", "TIME_ZONE", "UTC")
 USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = BASE_DIR / "staticfiles"
+# whitenoise finds files where they live (no collectstatic needed to run); `collectstatic`
+# adds the pre-compressed copies it then serves. The vendored assets' folders carry their
+# versions, so a long cache never serves a stale library.
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+}
+WHITENOISE_USE_FINDERS = True
+
+# --- Portal pages and accounts ------------------------------------------------------------------
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "dashboard"
+LOGOUT_REDIRECT_URL = "login"
+# Password reset mails: printed to the console unless an SMTP server is configured
+# (EMAIL_URL=smtp+tls://user:password@host:587).
+if _read("str", "EMAIL_URL", ""):
+    globals().update(environ.Env.email_url_config(os.environ["EMAIL_URL"]))
+else:
+    EMAIL_BACKEND = "django.core.mail.backends.console.EmailBackend"
+DEFAULT_FROM_EMAIL = _read("str", "DEFAULT_FROM_EMAIL", "portal@localhost")
 
 # The only API is the Sparkfly webhooks, which authenticate by their URL or signature.
 REST_FRAMEWORK = {

@@ -1,6 +1,5 @@
 from django.contrib import admin
-from django.urls import path
-from django.views.generic import RedirectView
+from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView
 
 from portal import health
@@ -23,6 +22,5 @@ urlpatterns = [
     ),
     path("api/schema", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs", SpectacularRedocView.as_view(url_name="api-schema"), name="api-docs"),
-    # Until the program-manager pages exist (issue 6), the admin is the portal's front door.
-    path("", RedirectView.as_view(pattern_name="admin:index", permanent=False)),
+    path("", include("portal.pages.urls")),
 ]

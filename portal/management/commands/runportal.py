@@ -46,6 +46,7 @@ class Command(BaseCommand):
             )
         use_sandbox = not (settings.SPARKFLY_IDENTITY and settings.SPARKFLY_KEY)
         call_command("migrate", interactive=False, verbosity=0)
+        call_command("collectstatic", interactive=False, verbosity=0)
         use_attentive_sandbox = _attentive_is_unconfigured_or_a_sandbox()
         ports = [port] + ([sandbox_port] if use_sandbox else []) + ([attentive_sandbox_port] if use_attentive_sandbox else [])
         for busy in [p for p in ports if _port_in_use(host, p)]:

@@ -1,0 +1,1 @@
+"""The program-manager pages: thin views over ``portal.selectors`` (read-only queries)."""

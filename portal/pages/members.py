@@ -1,0 +1,13 @@
+"""Placeholder until the page is built (issue 6 work in progress)."""
+
+from django.views.generic import TemplateView
+
+from portal.pages.access import PortalPage
+
+
+class MemberSearchView(PortalPage, TemplateView):
+    template_name = "portal/placeholder.html"
+
+
+class MemberDetailView(PortalPage, TemplateView):
+    template_name = "portal/placeholder.html"
