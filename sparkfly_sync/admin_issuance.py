@@ -338,12 +338,12 @@ class IssuanceBatchAdmin(IssuanceReadOnlyAdmin):
 class IssuanceRequestAdmin(IssuanceReadOnlyAdmin):
     list_display = ("created_at", "member_column", "channel_id", "offers", "state", "code", "reason_excerpt",
                     "batch_column", "requested_by")
-    list_filter = ("state",)
+    list_filter = ("state", "events")
     list_select_related = ("requested_by", "member")
     search_fields = ("code__exact",)  # and ids and keys: see get_search_results
     search_help_text = "An exact code, Sparkfly member or credential id, or idempotency key."
     fields = readonly_fields = (
-        "state", "member_column", "channel_id", "offers", "code", "credential_id", "reason", "attempts",
+        "state", "member_column", "channel_id", "offers", "code", "credential_id", "events", "reason", "attempts",
         "awaiting_creation", "batch_column", "requested_by", "created_at", "finished_at", "idempotency_key",
     )
 

@@ -11,9 +11,10 @@ Offers"):
    code; its id is recorded at once;
 3. ``PUT /v1.0/credentials/{id}?channel_id=…&offer_ids=1,2`` attaches the offers, and Sparkfly
    generates the code;
-4. one transaction mirrors the credential, forwards one ``sparkfly.member.offer_state_created``
-   per offer through the outbox (``attentive_sync.delivery.forward``) and marks the request
-   issued.
+4. one transaction mirrors the credential and marks the request issued, its events pending;
+   a second forwards one ``sparkfly.member.offer_state_created`` per offer through the outbox
+   (``attentive_sync.delivery.forward``) and marks them forwarded. Events not forwarded then
+   are retried by the inbound sweep (``queue_pending_events``).
 
 Never twice. Each issuance is an ``IssuanceRequest`` keyed by an idempotency key (the admin
 form's hidden field, or one derived from the batch and the member):
@@ -41,13 +42,14 @@ from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import F
+from django.db.models import CharField, F
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from attentive_sync.delivery import forward
 from attentive_sync.events import CustomEvent, InvalidEvent
 from attentive_sync.jobs import queue_once
+from attentive_sync.models import AttentiveSettings
 from sparkfly_sync import events, payloads
 from sparkfly_sync.client import CREDENTIALS_PATH, SparkflyClient, client_from_settings
 from sparkfly_sync.errors import (
@@ -344,30 +346,103 @@ def _issued(request: IssuanceRequest, payload: dict, *, client: SparkflyClient, 
             + (f"did not attach offers {_ids(missing)}" if missing else "gave it no code")
             + "; submit again to retry.",
         )
-    # The mirror rows the events need, fetched from Sparkfly first when missing: outside the
-    # transaction, which must not stay open across HTTP.
-    problem = ""
-    try:
-        member, campaigns = _event_rows(request, client)
-    except (CannotForward, SparkflyError, payloads.PayloadError) as exc:
-        member, campaigns, problem = None, [], str(exc)
+    # Issued is committed first, with its events pending: whatever then goes wrong telling
+    # Attentive (an outage, a bug, a killed process), the credential is not issued again, and
+    # the inbound sweep forwards the events later (``queue_pending_events``).
     with transaction.atomic():
-        outcome = resource_for_model(Credential).write_items([payload], f"credential {request.credential_id}")
-        credential = Credential.objects.filter(sparkfly_id=request.credential_id).first()
-        if credential is None:
-            problem = problem or "; ".join(outcome.errors)
-        elif member is not None:
-            problem = _forward_issuance(credential, member, campaigns, issued_at=(
-                credential.sparkfly_updated_at or credential.sparkfly_created_at or now
-            ))
-        if problem:
-            problem = f"Issued, but Attentive was not told ({events.OFFER_STATE_CREATED}): {problem}"
-            logger.warning("issuance %s: %s", request.idempotency_key, problem)
-        return _settle(request, IssuanceRequest.State.ISSUED, code=str(code), reason=problem)
+        resource_for_model(Credential).write_items([payload], f"credential {request.credential_id}")
+        _record(request, events=IssuanceRequest.Events.PENDING)
+        _settle(request, IssuanceRequest.State.ISSUED, code=str(code))
+    forward_issuance_events(request.pk, client_factory=lambda: client, now=now)
+    request.refresh_from_db()
+    return request
 
 
-def _event_rows(request: IssuanceRequest, client: SparkflyClient) -> tuple[Member, list[tuple[Offer, OfferChannel]]]:
-    mirror = Mirror(lambda: client)
+# --- telling Attentive ---------------------------------------------------------------------------
+
+
+NOT_TOLD = f"Issued, but Attentive was not told ({events.OFFER_STATE_CREATED}): {{problem}}"
+NOT_TOLD_YET = (
+    f"Issued; Attentive not told yet ({events.OFFER_STATE_CREATED}), tried again every minute until "
+    "{deadline:%Y-%m-%d %H:%M} UTC: {problem}"
+)
+
+
+def forward_issuance_events(
+    request_id: int, *, client_factory: Callable[[], SparkflyClient] = client_from_settings, now: datetime | None = None
+) -> str:
+    """Forward an issued request's ``offer_state_created`` events (one per offer) through the
+    outbox, and record on the request, in the same transaction, that they were. Returns the
+    request's ``events`` state afterwards.
+
+    The mirror rows the events need are fetched from Sparkfly first when missing, outside the
+    transaction (which must not stay open across HTTP). A problem a person must fix (no
+    contact, an offer no longer on the channel), an event type switched off, or an issuance
+    older than the Attentive settings' maximum event age gives up with the reason; anything
+    else (Sparkfly unreachable, an error of ours) leaves the events pending for the sweep."""
+    request = IssuanceRequest.objects.get(pk=request_id)
+    if request.state != IssuanceRequest.State.ISSUED or request.events != IssuanceRequest.Events.PENDING:
+        return request.events
+    now = now or timezone.now()
+    issued_at = _issued_at(request)
+    deadline = issued_at + AttentiveSettings.load().max_event_age
+    if now >= deadline:
+        return _events_settled(
+            request, IssuanceRequest.Events.NOT_FORWARDED,
+            reason=NOT_TOLD.format(problem=f"still not forwarded when older than the maximum event age "
+                                   f"({deadline - issued_at}), too old for Attentive journeys"),
+        )
+    try:
+        credential, member, campaigns = _event_rows(request, Mirror(client_factory))
+        issuance_events = [
+            events.offer_state_created(
+                credential=credential, member=member, offer=offer, offer_channel=link,
+                issued_at=_issued_at(request, credential),
+                external_event_id=events.issuance_event_id(credential_id=credential.sparkfly_id, offer_id=offer.sparkfly_id),
+            )
+            for offer, link in campaigns
+        ]
+        with transaction.atomic():
+            # Locked and checked again: the sweep's job and the issuing process may both try.
+            if not IssuanceRequest.objects.select_for_update().filter(
+                pk=request.pk, events=IssuanceRequest.Events.PENDING
+            ).exists():
+                request.refresh_from_db()
+                return request.events
+            if any(forward(event) is None for event in issuance_events):
+                return _events_settled(
+                    request, IssuanceRequest.Events.NOT_FORWARDED,
+                    reason=NOT_TOLD.format(problem="the event type is switched off in the Attentive settings"),
+                )
+            return _events_settled(request, IssuanceRequest.Events.FORWARDED, reason="")
+    except (CannotForward, InvalidEvent, payloads.PayloadError) as exc:
+        return _events_settled(request, IssuanceRequest.Events.NOT_FORWARDED, reason=NOT_TOLD.format(problem=exc))
+    except Exception as exc:  # noqa: BLE001 — an issued credential's events are never dropped by an outage or a bug
+        if not isinstance(exc, SparkflyError):
+            logger.exception("issuance %s: its events could not be forwarded; the sweep tries again", request.idempotency_key)
+        return _events_settled(
+            request, IssuanceRequest.Events.PENDING, reason=NOT_TOLD_YET.format(deadline=deadline, problem=exc)
+        )
+
+
+def _issued_at(request: IssuanceRequest, credential: Credential | None = None) -> datetime:
+    """When the credential was issued: the event's ``occurredAt``, which its age is counted from."""
+    credential = credential or Credential.objects.filter(sparkfly_id=request.credential_id).first()
+    moments = (credential.sparkfly_updated_at, credential.sparkfly_created_at) if credential else ()
+    return next((moment for moment in moments if moment is not None), None) or request.finished_at or timezone.now()
+
+
+def _events_settled(request: IssuanceRequest, events_state: str, *, reason: str) -> str:
+    _record(request, events=events_state, reason=reason)
+    if reason:
+        logger.warning("issuance %s: %s", request.idempotency_key, reason)
+    return events_state
+
+
+def _event_rows(
+    request: IssuanceRequest, mirror: Mirror
+) -> tuple[Credential, Member, list[tuple[Offer, OfferChannel]]]:
+    credential = mirror.get(Credential, request.credential_id, complete=lambda row: bool(row.identifier))
     member = mirror.get(Member, request.member_id)
     campaigns = []
     for offer_id in request.offer_ids:
@@ -379,30 +454,44 @@ def _event_rows(request: IssuanceRequest, client: SparkflyClient) -> tuple[Membe
         if link is None:
             raise CannotForward(f"offer {offer_id} is not published on channel {request.channel_id} at Sparkfly")
         campaigns.append((offer, link))
-    return member, campaigns
+    return credential, member, campaigns
 
 
-def _forward_issuance(credential: Credential, member: Member, campaigns, *, issued_at: datetime) -> str:
-    """Forward one ``offer_state_created`` per offer (in the caller's transaction); returns
-    why they were not forwarded, or ``""``."""
-    try:
-        issuance_events: list[CustomEvent] = [
-            events.offer_state_created(
-                credential=credential,
-                member=member,
-                offer=offer,
-                offer_channel=link,
-                issued_at=issued_at,
-                external_event_id=events.issuance_event_id(credential_id=credential.sparkfly_id, offer_id=offer.sparkfly_id),
-            )
-            for offer, link in campaigns
-        ]
-    except InvalidEvent as exc:
-        return str(exc)
-    results = [forward(event) for event in issuance_events]
-    if any(result is None for result in results):
-        return "the event type is switched off in the Attentive settings"
-    return ""
+# A pending request is left this long to the process that issued it before the sweep steps in.
+EVENTS_GRACE = timedelta(minutes=1)
+
+
+def queue_pending_events(*, now: datetime | None = None, limit: int = 500) -> int:
+    """Queue a forwarding job for each issued request whose events are still pending and have
+    no job waiting (the sweep, every minute). Each job forwards them, or gives up past the
+    maximum event age. Returns how many were queued."""
+    from django.db.models import Exists, OuterRef, Value
+    from django.db.models.functions import Concat
+    from procrastinate.contrib.django.models import ProcrastinateJob
+
+    from sparkfly_sync.tasks import queue_issuance_events
+
+    cutoff = (now or timezone.now()) - EVENTS_GRACE
+    live_job = ProcrastinateJob.objects.filter(
+        queueing_lock=Concat(Value(ISSUANCE_EVENTS_LOCK_PREFIX), OuterRef("pk"), output_field=CharField()),
+        status__in=("todo", "doing"),
+    )
+    pending = (
+        IssuanceRequest.objects.filter(
+            state=IssuanceRequest.State.ISSUED, events=IssuanceRequest.Events.PENDING, finished_at__lt=cutoff
+        )
+        .exclude(Exists(live_job))
+        .order_by("finished_at")
+        .values_list("pk", flat=True)[:limit]
+    )
+    queued = 0
+    for request_id in pending:
+        queue_issuance_events(request_id)
+        queued += 1
+    return queued
+
+
+ISSUANCE_EVENTS_LOCK_PREFIX = "issuance-events:"
 
 
 def _record(request: IssuanceRequest, **changes) -> None:

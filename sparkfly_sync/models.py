@@ -542,9 +542,20 @@ class IssuanceRequest(models.Model):
     # Set before a POST is sent and cleared when Sparkfly's answer arrives: a POST whose answer
     # never came may still have created a credential, which the next try looks for first.
     awaiting_creation = models.BooleanField(default=False)
+    class Events(models.TextChoices):
+        PENDING = "pending"  # not forwarded yet: tried again by the inbound sweep while Attentive would act on them
+        FORWARDED = "forwarded"  # in the outbox (Deliveries), in the transaction that set this
+        NOT_FORWARDED = "not_forwarded"  # given up: ``reason`` says why
+
     code = models.CharField("credential code", max_length=255, blank=True, db_index=True)
     reason = models.TextField(
         blank=True, help_text="why it was refused or failed, in Sparkfly's words; or why an issued one was not forwarded"
+    )
+    # Whether Attentive was told (``sparkfly.member.offer_state_created`` per offer). Apart from
+    # ``state``: a credential Sparkfly issued stays issued whatever happens to its events.
+    events = models.CharField(
+        "Attentive events", max_length=20, choices=Events.choices, default=Events.PENDING,
+        help_text="whether the offer_state_created events of an issued request were forwarded to Attentive",
     )
     attempts = models.PositiveIntegerField(default=0, help_text="times it was sent to Sparkfly")
     requested_by = models.ForeignKey(
@@ -561,6 +572,11 @@ class IssuanceRequest(models.Model):
         indexes = [
             models.Index(fields=["state", "-created_at"], name="issuance_state_recent"),
             models.Index(fields=["batch", "state"], name="issuance_batch_state"),
+            # The sweep's question: issued requests whose events are still to be forwarded.
+            models.Index(
+                fields=["finished_at"], name="issuance_events_pending",
+                condition=models.Q(state="issued", events="pending"),
+            ),
         ]
 
     def __str__(self) -> str:

@@ -108,12 +108,17 @@ def queue_record(record, *, at=None) -> None:
 @app.task(name="sparkfly_sync.sweep_inbound", queue="inbound")
 def sweep_inbound(timestamp: int) -> None:
     """Every minute: queue again any redemption or notification left queued without a job (its
-    job ended in an error before it could record one)."""
+    job ended in an error before it could record one), and the events of issued credentials
+    that were not forwarded when they were issued."""
     from sparkfly_sync.forwarding import requeue_stuck
+    from sparkfly_sync.issuance import queue_pending_events
 
     requeued = requeue_stuck()
     if requeued:
         logger.warning("requeued %d redemptions/notifications that had lost their job", requeued)
+    queued = queue_pending_events()
+    if queued:
+        logger.warning("queued the Attentive events of %d issued credentials not forwarded yet", queued)
 
 
 @app.periodic(cron="17 3 * * *", periodic_id="sparkfly-inbound-prune")
@@ -137,3 +142,20 @@ def issue_credentials_batch(batch_id: int) -> None:
     from sparkfly_sync import issuance
 
     issuance.issue_batch(batch_id)
+
+
+@app.task(name="sparkfly_sync.forward_issuance_events", queue="inbound")
+def forward_issuance_events(request_id: int) -> None:
+    """Forward an issued credential's ``offer_state_created`` events, when its issuance could
+    not (``issuance.forward_issuance_events``); the sweep queues it again while they are pending."""
+    from sparkfly_sync import issuance
+
+    issuance.forward_issuance_events(request_id)
+
+
+def queue_issuance_events(request_id: int) -> None:
+    """Queue the one forwarding job of an issued request's events, on the caller's transaction."""
+    from sparkfly_sync.issuance import ISSUANCE_EVENTS_LOCK_PREFIX
+
+    lock = f"{ISSUANCE_EVENTS_LOCK_PREFIX}{request_id}"
+    queue_once(forward_issuance_events, queueing_lock=lock, exclusive=True, request_id=request_id)

@@ -106,6 +106,7 @@ def test_an_issuance_creates_the_credential_mirrors_it_and_tells_attentive_in_th
     assert at_sparkfly["offer_ids"] == list(RUNNING) and at_sparkfly["channel_id"] == CHANNEL
     assert request.code == at_sparkfly["identifier"] and request.credential_id == at_sparkfly["id"]
     assert request.reason == "" and request.attempts == 1 and request.finished_at is not None
+    assert request.events == IssuanceRequest.Events.FORWARDED
     # Sparkfly's two documented steps (seed 001): create with member and channel, then attach.
     log = [
         entry for entry in sparkfly_sandbox.sandbox.requests_log
@@ -153,12 +154,71 @@ def test_a_switched_off_issuance_event_is_issued_and_says_attentive_was_not_told
 
     request = issue(mirrored)
 
-    assert request.state == ISSUED and request.code
+    assert request.state == ISSUED and request.code and request.events == "not_forwarded"
     assert request.reason == (
         "Issued, but Attentive was not told (sparkfly.member.offer_state_created): "
         "the event type is switched off in the Attentive settings"
     )
     assert Delivery.objects.count() == 0
+
+
+def test_an_error_telling_attentive_leaves_the_events_pending_and_the_sweep_forwards_them(mirrored, monkeypatch):
+    def broken(event):
+        raise RuntimeError("the outbox is broken")
+
+    monkeypatch.setattr(issuance, "forward", broken)
+    request = issue(mirrored)
+    monkeypatch.undo()
+
+    assert request.state == ISSUED and request.code
+    assert request.events == IssuanceRequest.Events.PENDING
+    assert request.reason.startswith("Issued; Attentive not told yet (sparkfly.member.offer_state_created), tried again")
+    assert request.reason.endswith(": the outbox is broken")
+    assert Delivery.objects.count() == 0
+    # Left to the issuing process for a minute, then the sweep queues one job for it, once.
+    assert issuance.queue_pending_events() == 0
+    later = timezone.now() + timedelta(minutes=2)
+    assert issuance.queue_pending_events(now=later) == 1
+    assert issuance.queue_pending_events(now=later) == 0
+    assert ProcrastinateJob.objects.get().task_name == "sparkfly_sync.forward_issuance_events"
+
+    assert issuance.forward_issuance_events(request.pk, client_factory=lambda: mirrored) == "forwarded"
+
+    request.refresh_from_db()
+    assert (request.state, request.events, request.reason) == (ISSUED, "forwarded", "")
+    assert sorted(Delivery.objects.values_list("external_event_id", flat=True)) == sorted(
+        events.issuance_event_id(credential_id=request.credential_id, offer_id=offer_id) for offer_id in RUNNING
+    )
+    assert issuance.forward_issuance_events(request.pk, client_factory=lambda: mirrored) == "forwarded"
+    assert Delivery.objects.count() == 2  # forwarded once
+
+
+def test_sparkfly_unreachable_for_the_event_rows_leaves_the_events_pending(mirrored, monkeypatch):
+    from sparkfly_sync.errors import SparkflyConnectionError
+
+    def unreachable(request, mirror):
+        raise SparkflyConnectionError("Sparkfly could not be reached: GET /v1.0/members/1")
+
+    monkeypatch.setattr(issuance, "_event_rows", unreachable)
+    request = issue(mirrored)
+
+    assert (request.state, request.events) == (ISSUED, "pending") and request.reason.endswith("could not be reached: GET /v1.0/members/1")
+
+
+def test_events_still_pending_past_the_maximum_event_age_are_given_up_with_the_reason(mirrored, monkeypatch):
+    monkeypatch.setattr(issuance, "forward", lambda event: 1 / 0)
+    request = issue(mirrored)
+    monkeypatch.undo()
+    assert request.events == "pending"
+    late = timezone.now() + AttentiveSettings.load().max_event_age + timedelta(minutes=1)
+
+    assert issuance.forward_issuance_events(request.pk, client_factory=lambda: mirrored, now=late) == "not_forwarded"
+
+    request.refresh_from_db()
+    assert request.reason.startswith("Issued, but Attentive was not told (sparkfly.member.offer_state_created): still "
+                                     "not forwarded when older than the maximum event age")
+    assert Delivery.objects.count() == 0
+    assert issuance.queue_pending_events(now=late) == 0
 
 
 # --- refusals: foreseen by the mirror, in Sparkfly's words -------------------------------------------------
