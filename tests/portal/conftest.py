@@ -1,0 +1,32 @@
+"""Signed-in clients of the portal's pages, one per role (and one with no role at all)."""
+
+from __future__ import annotations
+
+import pytest
+from django.contrib.auth.models import User
+
+from portal.roles import user_assign_role
+
+
+def _signed_in(client, username: str, role: str | None):
+    user = User.objects.create_user(username, f"{username}@example.com", "not-a-real-password")
+    if role:
+        user_assign_role(user=user, role=role)
+    client.force_login(user)
+    client.user = user
+    return client
+
+
+@pytest.fixture
+def program_manager_client(client, db):
+    return _signed_in(client, "pat-manager", "program-manager")
+
+
+@pytest.fixture
+def administrator_client(client, db):
+    return _signed_in(client, "ada-admin", "administrator")
+
+
+@pytest.fixture
+def no_role_client(client, db):
+    return _signed_in(client, "nora-norole", None)
