@@ -4,9 +4,10 @@ for a channel and one or more offers, mirrors it, and tells Attentive.
 The steps are the ones Sparkfly's credentials guide shows (seed 001, "Associating Multiple
 Offers"):
 
-1. check what the mirror knows (``local_refusal``), phrased exactly as Sparkfly phrases the
-   same refusal (seed 001 "Validations and Errors"; the sandbox's ``_credential_errors``), so a
-   person learns why before anything is created at Sparkfly;
+1. check what the mirror knows (``local_refusal``; a channel, member or offer it lacks is
+   fetched from Sparkfly first, so only Sparkfly's 404 refuses it), phrased exactly as
+   Sparkfly phrases the same refusal (seed 001 "Validations and Errors"; the sandbox's
+   ``_credential_errors``), so a person learns why before anything is created at Sparkfly;
 2. ``POST /v1.0/credentials?member_id=…&channel_id=…`` creates the credential, still without a
    code; its id is recorded at once;
 3. ``PUT /v1.0/credentials/{id}?channel_id=…&offer_ids=1,2`` attaches the offers, and Sparkfly
@@ -56,6 +57,7 @@ from sparkfly_sync.errors import (
     SparkflyAuthError,
     SparkflyConnectionError,
     SparkflyError,
+    SparkflyNotFound,
     SparkflyRateLimited,
     SparkflyResponseError,
     SparkflyServerError,
@@ -74,7 +76,7 @@ from sparkfly_sync.models import (
     OfferChannel,
     Redemption,
 )
-from sparkfly_sync.sync import resource_for_model
+from sparkfly_sync.sync import refresh_row, resource_for_model
 
 logger = logging.getLogger(__name__)
 
@@ -249,6 +251,13 @@ def _exclusively(key: uuid.UUID) -> Iterator[bool]:
 
 def _issue(request: IssuanceRequest, *, client: SparkflyClient, now: datetime) -> IssuanceRequest:
     if request.credential_id is None:
+        try:
+            _mirror_missing_rows(request, client)
+        except (SparkflyError, payloads.PayloadError) as exc:
+            return _settle(
+                request, IssuanceRequest.State.FAILED,
+                reason=f"What the mirror lacks for this issuance could not be fetched from Sparkfly: {exc}",
+            )
         refusal = local_refusal(
             member=Member.objects.filter(sparkfly_id=request.member_id).first(),
             channel_id=request.channel_id,
@@ -289,6 +298,40 @@ def _issue(request: IssuanceRequest, *, client: SparkflyClient, now: datetime) -
     except payloads.PayloadError as exc:
         return _settle(request, IssuanceRequest.State.FAILED, reason=f"Sparkfly's answer could not be read: {exc}")
     return _issued(request, credential, client=client, now=now)
+
+
+def _mirror_missing_rows(request: IssuanceRequest, client: SparkflyClient) -> None:
+    """Fetch into the mirror the rows ``local_refusal`` would miss (the channel, the member,
+    each offer with its channel links), so that it refuses only for a row Sparkfly itself does
+    not have (a 404), never for a mirror that is merely behind. Any other error from Sparkfly
+    is raised: the issuance then fails, to be tried again, rather than being refused."""
+    if not Channel.objects.filter(sparkfly_id=request.channel_id).exists() and not _fetched(
+        Channel(sparkfly_id=request.channel_id), client
+    ):
+        return  # refused: the channel comes first in Sparkfly's checks
+    if not Member.objects.filter(sparkfly_id=request.member_id).exists() and not _fetched(
+        Member(sparkfly_id=request.member_id), client
+    ):
+        return
+    published = set(
+        OfferChannel.objects.filter(channel_id=request.channel_id, offer_id__in=request.offer_ids).values_list(
+            "offer_id", flat=True
+        )
+    )
+    for offer_id, offer in mirrored_offers(request.offer_ids).items():
+        if offer is None or offer_id not in published:
+            _fetched(offer or Offer(sparkfly_id=offer_id), client)  # the full offer lists its channels
+
+
+def _fetched(row, client: SparkflyClient) -> bool:
+    """Whether Sparkfly has the row (now mirrored); False on its 404."""
+    try:
+        errors = refresh_row(row, client=client)
+    except SparkflyNotFound:
+        return False
+    if errors:
+        raise payloads.PayloadError("; ".join(errors))
+    return True
 
 
 def _credential_in(body: dict) -> dict:

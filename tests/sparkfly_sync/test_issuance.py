@@ -231,7 +231,7 @@ def offer_name(offer_id: int) -> str:
 @pytest.mark.parametrize(
     ("case", "expected"),
     [
-        ("channel not mirrored", lambda: "Channel can't be blank and must be associated with your account and offer"),
+        ("channel unknown", lambda: "Channel can't be blank and must be associated with your account and offer"),
         ("member not mirrored", lambda: "Member can't be blank"),
         ("offer not on the channel", lambda: f"Offer not found or not eligible by channel, with id: {ELSEWHERE}"),
         ("offer unknown", lambda: "Offer not found or not eligible by channel, with id: 424242"),
@@ -245,8 +245,8 @@ def offer_name(offer_id: int) -> str:
 def test_the_mirror_refuses_in_sparkflys_words_before_calling_sparkfly(mirrored, sparkfly_sandbox, case, expected):
     member_id, channel_id, offer_ids = member_ids()[0], CHANNEL, [RUNNING[0], RUNNING[1]]
     now = timezone.now()
-    if case == "channel not mirrored":
-        Channel.objects.filter(sparkfly_id=CHANNEL).delete()
+    if case == "channel unknown":
+        channel_id = 459  # neither mirrored nor at Sparkfly
     elif case == "member not mirrored":
         member_id = UNKNOWN_MEMBER
     elif case == "offer not on the channel":
@@ -274,6 +274,36 @@ def test_the_mirror_refuses_in_sparkflys_words_before_calling_sparkfly(mirrored,
     assert request.credential_id is None and request.attempts == 0
     assert credential_posts(sparkfly_sandbox) == 0
     assert Delivery.objects.count() == 0
+
+
+def test_what_the_mirror_lacks_is_fetched_from_sparkfly_before_any_refusal(mirrored, sparkfly_sandbox):
+    member_id = member_ids()[0]
+    Channel.objects.filter(sparkfly_id=CHANNEL).delete()
+    OfferChannel.objects.filter(channel_id=CHANNEL).delete()
+    Offer.objects.filter(sparkfly_id=RUNNING[1]).delete()
+    Credential.objects.filter(member_id=member_id).delete()
+    Member.objects.filter(sparkfly_id=member_id).delete()
+
+    request = issue(mirrored, member_id=member_id)
+
+    assert request.state == ISSUED, request.reason
+    assert Channel.objects.filter(sparkfly_id=CHANNEL).exists() and Member.objects.filter(sparkfly_id=member_id).exists()
+    assert OfferChannel.objects.filter(channel_id=CHANNEL, offer_id__in=RUNNING).count() == 2
+
+
+def test_sparkfly_unreachable_while_fetching_what_the_mirror_lacks_fails_rather_than_refuses(mirrored, sparkfly_sandbox):
+    member_id = member_ids()[0]
+    Credential.objects.filter(member_id=member_id).delete()
+    Member.objects.filter(sparkfly_id=member_id).delete()
+    sparkfly_sandbox.sandbox.inject_fault("/v1.0/members/", status=503, body='{"error":"Service Unavailable"}', times=10)
+
+    request = issue(mirrored, member_id=member_id)
+
+    assert request.state == FAILED and request.reason.endswith(": Service Unavailable"), request.reason
+    assert request.reason.startswith("What the mirror lacks for this issuance could not be fetched from Sparkfly: ")
+    assert credential_posts(sparkfly_sandbox) == 0
+    sparkfly_sandbox.sandbox.clear_faults()
+    assert issue(mirrored, member_id=member_id, key=request.idempotency_key).state == ISSUED
 
 
 def test_yesterdays_redemption_does_not_count_against_a_daily_limit(mirrored):
