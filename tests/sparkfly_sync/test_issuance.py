@@ -681,3 +681,16 @@ def test_the_command_gives_its_resume_key_before_issuing_anything(mirrored, spar
     run_command("--channel", str(CHANNEL), "--offers", str(RUNNING[0]), "--members", f"{first},{second}",
                 "--idempotency-key", key)
     assert IssuanceBatch.objects.count() == 1 and IssuanceRequest.objects.filter(state=ISSUED).count() == 2
+
+
+def test_the_same_command_run_twice_without_a_key_is_one_batch_and_issues_once(mirrored, sparkfly_sandbox, sparkfly_settings):
+    first, second = member_ids(2)
+    args = ("--channel", str(CHANNEL), "--offers", f"{RUNNING[1]},{RUNNING[0]}", "--members", f"{first},{second}")
+
+    output = run_command(*args)
+    again = run_command("--channel", str(CHANNEL), "--offers", f"{RUNNING[0]},{RUNNING[1]}", "--members", f"{first},{second}")
+
+    assert again == output
+    assert IssuanceBatch.objects.count() == 1 and credential_posts(sparkfly_sandbox) == 2
+    run_command(*args, "--idempotency-key", str(uuid.uuid4()))  # a deliberate second issuance
+    assert IssuanceBatch.objects.count() == 2 and credential_posts(sparkfly_sandbox) == 4

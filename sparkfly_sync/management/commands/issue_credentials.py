@@ -4,7 +4,10 @@ Issues a credential to each member (Sparkfly ids throughout) with the same servi
 in the foreground, printing one line per member: ``member <id>: <code>``, or the reason it was
 refused or failed. The run is a batch, visible in the admin; it exits non-zero when any member
 failed (not when one was refused), and running it again with the ``--idempotency-key`` it
-printed retries only those, never issuing twice.
+printed retries only those, never issuing twice. Without ``--idempotency-key`` the key is
+derived from the channel, the offers and the members, so the same command run twice (a
+rerun after a lost terminal, a double paste) is one batch; a deliberate second issuance of
+the same offers to the same members needs a new key (``--idempotency-key $(uuidgen)``).
 """
 
 from __future__ import annotations
@@ -25,6 +28,17 @@ def id_list(text: str) -> list[int]:
     if not parts or not all(part.isdigit() and int(part) > 0 for part in parts):
         raise ValueError(text)
     return [int(part) for part in parts]
+
+
+# Fixed for ever: keys derived from it must stay the same across releases.
+COMMAND_KEY_NAMESPACE = uuid.UUID("5b1e7d3a-8c4f-4e0a-b6d2-93f1a7c0e5d4")
+
+
+def default_key(*, channel: int, offers: list[int], member_ids: list[int]) -> uuid.UUID:
+    """The same for the same channel, offers (in any order) and members (in their order, which
+    is the batch's), so running the same command again resumes its batch instead of issuing twice."""
+    selection = f"channel={channel};offers={','.join(map(str, sorted(set(offers))))};members={','.join(map(str, dict.fromkeys(member_ids)))}"
+    return uuid.uuid5(COMMAND_KEY_NAMESPACE, selection)
 
 
 def positive_id(text: str) -> int:
@@ -52,7 +66,8 @@ class Command(BaseCommand):
         )
         parser.add_argument(
             "--idempotency-key", type=uuid.UUID, metavar="UUID",
-            help="the key a previous run printed: members it settled are shown, not issued again",
+            help="the key a previous run printed: members it settled are shown, not issued again "
+            "(default: derived from the channel, offers and members; give a new one to issue the same again)",
         )
 
     def handle(self, *args, channel, offers, members, all_enrolled, program, idempotency_key, **options):
@@ -67,7 +82,8 @@ class Command(BaseCommand):
         try:
             client = client_from_settings()
             batch, _ = issuance.issuance_batch_create(
-                member_ids=member_ids, channel_id=channel, offer_ids=offers, idempotency_key=idempotency_key,
+                member_ids=member_ids, channel_id=channel, offer_ids=offers,
+                idempotency_key=idempotency_key or default_key(channel=channel, offers=offers, member_ids=member_ids),
                 in_background=False,
             )
         except (ImproperlyConfigured, issuance.IdempotencyKeyReused) as exc:
