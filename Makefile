@@ -8,6 +8,12 @@ INSTALLED := $(VENV)/.installed
 
 .PHONY: setup run test bench stop-db clean
 
+# Debian packages the tests and benchmarks need, installed when missing (as root, or via sudo).
+APT_GET := $(if $(filter 0,$(shell id -u)),,sudo) env DEBIAN_FRONTEND=noninteractive apt-get
+define ensure_debian_package # $(1): a command it provides, $(2): the package
+	@command -v $(1) >/dev/null || $(APT_GET) install -y $(2) || { $(APT_GET) update && $(APT_GET) install -y $(2); }
+endef
+
 setup: $(INSTALLED)
 
 # Re-installs only when pyproject.toml changes; safe to run again and again.
@@ -21,15 +27,15 @@ $(INSTALLED): pyproject.toml
 run: setup
 	DEBUG=$${DEBUG:-true} $(BIN)/python manage.py runportal
 
+# The browser tests drive Debian's chromium with Playwright (no browser is downloaded).
 test: setup
+	$(call ensure_debian_package,chromium,chromium)
 	SECRET_KEY=collectstatic-only $(BIN)/python manage.py collectstatic --noinput --verbosity 0
 	$(BIN)/python -m pytest
 
 # The ingest benchmark's load generator is wrk (a Debian package), installed when missing.
 bench: setup
-	@command -v wrk >/dev/null || { \
-		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
-		$$SUDO apt-get install -y wrk || { $$SUDO apt-get update && $$SUDO apt-get install -y wrk; }; }
+	$(call ensure_debian_package,wrk,wrk)
 	@# Every benchmark runs even when one misses a goal; the target fails at the end if any did.
 	@status=0; for bench in sync drain ingest latency; do \
 		$(BIN)/python benchmarks/$$bench.py || status=1; done; exit $$status
