@@ -25,8 +25,9 @@ form's hidden field, or one derived from the batch and the member):
   held on the connection, not in a transaction, so the credential id commits the moment
   Sparkfly answers the POST) is returned pending;
 * a key that failed (Sparkfly unreachable or failing) is tried again: from the PUT when the
-  credential exists, and after a POST whose answer was lost, only once Sparkfly's list of the
-  member's credentials shows that the POST created nothing.
+  credential exists (once a GET of it shows the offers are not attached already), and after
+  a POST whose answer was lost, only once Sparkfly's list of the member's credentials shows
+  that the POST created nothing.
 
 Refused (Sparkfly's 4xx, or the mirror's checks) is final and carries Sparkfly's own words;
 failed (connection errors, 5xx, 429, a rejected key, an unreadable answer) carries the error as
@@ -266,6 +267,7 @@ def _issue(request: IssuanceRequest, *, client: SparkflyClient, now: datetime) -
         )
         if refusal:
             return _settle(request, IssuanceRequest.State.REFUSED, reason=refusal)
+    resuming = request.credential_id is not None  # a try before this one reached the PUT
     _record(request, attempts=request.attempts + 1)
     try:
         if request.credential_id is None and request.awaiting_creation:
@@ -284,12 +286,17 @@ def _issue(request: IssuanceRequest, *, client: SparkflyClient, now: datetime) -
                     _record(request, awaiting_creation=False)
                 raise
             _record(request, credential_id=payloads.sparkfly_id(created), awaiting_creation=False)
-        credential = _credential_in(
-            client.request(
-                "PUT", CREDENTIAL_PATH.format(credential_id=request.credential_id),
-                params={"channel_id": request.channel_id, "offer_ids": ",".join(map(str, request.offer_ids))},
+        # A PUT tried before may have attached the offers without our hearing the answer: sent
+        # again, Sparkfly would count the member against the offers' limits a second time (or
+        # refuse it), so the credential is looked at first.
+        credential = _credential_attached(request, client) if resuming else None
+        if credential is None:
+            credential = _credential_in(
+                client.request(
+                    "PUT", CREDENTIAL_PATH.format(credential_id=request.credential_id),
+                    params={"channel_id": request.channel_id, "offer_ids": ",".join(map(str, request.offer_ids))},
+                )
             )
-        )
     except SparkflyError as exc:
         retryable = isinstance(exc, RETRYABLE_ERRORS)
         state = IssuanceRequest.State.FAILED if retryable else IssuanceRequest.State.REFUSED
@@ -332,6 +339,16 @@ def _fetched(row, client: SparkflyClient) -> bool:
     if errors:
         raise payloads.PayloadError("; ".join(errors))
     return True
+
+
+def _credential_attached(request: IssuanceRequest, client: SparkflyClient) -> dict | None:
+    """The request's credential as Sparkfly has it, when it already holds a code and every
+    requested offer (a PUT whose answer was lost); None when the PUT is still to be sent."""
+    credential = _credential_in(client.get(CREDENTIAL_PATH.format(credential_id=request.credential_id)))
+    attached = credential.get("offer_ids") if isinstance(credential.get("offer_ids"), list) else []
+    if credential.get("identifier") and all(offer_id in attached for offer_id in request.offer_ids):
+        return credential
+    return None
 
 
 def _credential_in(body: dict) -> dict:

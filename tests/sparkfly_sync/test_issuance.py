@@ -492,6 +492,25 @@ def test_a_credential_created_by_a_post_whose_answer_was_lost_is_adopted_not_dou
     assert len(credentials_at_sparkfly(mirrored, member_id)) == 1
 
 
+def test_a_put_whose_answer_was_lost_is_not_sent_again_when_the_offers_are_attached(mirrored, sparkfly_sandbox):
+    member_id, key = member_ids()[0], uuid.uuid4()
+    created = mirrored.request("POST", CREDENTIALS_PATH, params={"member_id": member_id, "channel_id": CHANNEL}, idempotent=False)
+    credential_id = created["credential"]["id"]
+    # What the lost PUT did at Sparkfly: the offers attached, a code generated.
+    attached = mirrored.request("PUT", f"{CREDENTIALS_PATH}/{credential_id}",
+                                params={"channel_id": CHANNEL, "offer_ids": ",".join(map(str, RUNNING))})
+    IssuanceRequest.objects.create(
+        idempotency_key=key, member_id=member_id, channel_id=CHANNEL, offer_ids=list(RUNNING), state=FAILED,
+        credential_id=credential_id, attempts=1,
+    )
+
+    resumed = issue(mirrored, member_id=member_id, key=key)
+
+    assert (resumed.state, resumed.code) == (ISSUED, attached["credential"]["identifier"]), resumed.reason
+    assert sparkfly_sandbox.sandbox.count_requests(f"{CREDENTIALS_PATH}/{credential_id}", "PUT") == 1  # ours above
+    assert sparkfly_sandbox.sandbox.count_requests(f"{CREDENTIALS_PATH}/{credential_id}", "GET") >= 1  # looked first
+
+
 def test_sparkfly_unreachable_fails_the_request_with_what_happened(mirrored, sparkfly_sandbox):
     client = SparkflyClient(base_url="http://127.0.0.1:9", identity="sandbox", key="sandbox", retry=RetryPolicy(attempts=1))
 
