@@ -12,6 +12,8 @@ urlpatterns = [
     path("offers/", offers.OfferListView.as_view(), name="offers"),
     path("offers/<int:sparkfly_id>/", offers.OfferDetailView.as_view(), name="offer"),
     path("deliveries/", deliveries.DeliveryListView.as_view(), name="deliveries"),
+    path("deliveries/<int:pk>/retry/", deliveries.DeliveryRetryView.as_view(), name="delivery-retry"),
+    path("deliveries/<int:pk>/replay/", deliveries.DeliveryReplayView.as_view(), name="delivery-replay"),
     path("redemptions/export.csv", exports.RedemptionExportView.as_view(), name="redemptions-export"),
     # Accounts. Logging out takes a POST (Django 5), which the header's button sends.
     path("accounts/login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
