@@ -1,0 +1,23 @@
+"""What the portal changes in other apps' admins so that the roles hold everywhere."""
+
+from __future__ import annotations
+
+from django.contrib import admin
+from procrastinate.contrib.django import admin as procrastinate_admin
+from procrastinate.contrib.django.models import ProcrastinateJob
+
+
+class ProcrastinateJobAdmin(procrastinate_admin.ProcrastinateJobAdmin):
+    """procrastinate offers retry, cancel and abort to anyone who may view jobs; here they need
+    the change permission (administrators), so a program manager can look but not touch."""
+
+    def get_actions(self, request):
+        # Not has_change_permission(): procrastinate answers False there for everyone, to keep
+        # the job form read-only.
+        if not request.user.has_perm("procrastinate.change_procrastinatejob"):
+            return {}
+        return super().get_actions(request)
+
+
+admin.site.unregister(ProcrastinateJob)
+admin.site.register(ProcrastinateJob, ProcrastinateJobAdmin)
