@@ -84,6 +84,9 @@ def test_runportal_serves_the_whole_portal_and_stops_everything_on_ctrl_c(tmp_pa
             data={"username": username, "password": password, "csrfmiddlewaretoken": session.cookies["csrftoken"]},
         )
         assert signed_in.url.endswith("/admin/") and "Log out" in signed_in.text
+        dashboard = session.get(f"{base}/")  # the program-manager pages, with their assets
+        assert dashboard.status_code == 200 and "Log out" in dashboard.text
+        assert session.get(f"{base}/static/vendor/chartjs-4.6.1/chart.umd.min.js").status_code == 200
         # The worker's periodic job mirrors the sandbox with no one asking.
         wait_for(lambda: Member.objects.count() == 120, 90, "the worker to mirror the sandbox's 120 members")
         # The sandbox's channels call the portal: a redemption there reaches Attentive's sandbox.
@@ -106,7 +109,7 @@ def test_runportal_serves_the_whole_portal_and_stops_everything_on_ctrl_c(tmp_pa
     finally:
         launcher.send_signal(signal.SIGINT)
         output, _ = launcher.communicate(timeout=30)
-    assert f"admin       {base}/admin/   login: {login}" in output
+    assert f"portal      {base}/   login: {login}" in output
     assert answers(f"{base}/healthz") is None and answers(f"http://127.0.0.1:{sandbox_port}/auth") is None
     assert answers(f"http://127.0.0.1:{attentive_port}/_sandbox/received") is None
 

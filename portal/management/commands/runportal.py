@@ -77,8 +77,8 @@ class Command(BaseCommand):
 
         children = {name: subprocess.Popen(command, env=env) for name, command in processes.items()}
         self.stdout.write(self.style.SUCCESS("\nThe portal is starting:"))
-        self.stdout.write(f"  portal      {base}/")
-        self.stdout.write(f"  admin       {base}/admin/   login: {login}")
+        self.stdout.write(f"  portal      {base}/   login: {login}")
+        self.stdout.write(f"  admin       {base}/admin/")
         self.stdout.write(f"  health      {base}/healthz")
         if use_sandbox:
             self.stdout.write(f"  sandbox     {sandbox_url}  (Sparkfly simulator, identity/key sandbox/sandbox)")
