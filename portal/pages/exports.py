@@ -1,9 +1,78 @@
-"""Placeholder until the page is built (issue 6 work in progress)."""
+"""``/redemptions/export.csv?from=YYYY-MM-DD&to=YYYY-MM-DD``: the redemptions of a date range as
+CSV, streamed row by row from a server-side cursor (a year of a busy program is millions of
+rows; neither the web process nor the proxy holds the whole file).
 
-from django.views.generic import TemplateView
+Cells are made safe for spreadsheets (OWASP's CSV injection advice): a text cell starting
+with ``= + - @`` (or a tab or carriage return) gets a leading ``'``, so Excel or Sheets show it
+instead of evaluating it as a formula. Offer names and sf_uid come from outside the portal.
+"""
+
+from __future__ import annotations
+
+import csv
+from datetime import date, datetime
+
+from django.http import HttpResponseBadRequest, StreamingHttpResponse
+from django.utils import timezone
+from django.views import View
 
 from portal.pages.access import PortalPage
+from portal.selectors.exports import redemption_export_rows
+
+MAX_DAYS = 366
+CHUNK_ROWS = 2000
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
-class RedemptionExportView(PortalPage, TemplateView):
-    template_name = "portal/placeholder.html"
+def spreadsheet_safe(value: object) -> object:
+    """``value`` as a CSV cell a spreadsheet will not evaluate: text that would start a
+    formula is prefixed with a quote; datetimes in the program's time zone; None empty."""
+    if value is None:
+        return ""
+    if isinstance(value, datetime):
+        return timezone.localtime(value).isoformat()
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
+class _Echo:
+    """A file whose ``write`` hands the line back, so csv.writer can feed a stream."""
+
+    def write(self, value: str) -> str:
+        return value
+
+
+def _day(params, name: str) -> date:
+    text = params.get(name, "").strip()
+    if not text:
+        raise ValueError(f"Give the range as ?from=YYYY-MM-DD&to=YYYY-MM-DD ({name} is missing).")
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"{name}={text!r} is not a date: write it as YYYY-MM-DD.") from None
+
+
+def _date_range(params) -> tuple[date, date]:
+    first, last = _day(params, "from"), _day(params, "to")
+    if last < first:
+        raise ValueError(f"to ({last}) is before from ({first}).")
+    if (last - first).days + 1 > MAX_DAYS:
+        raise ValueError(f"Export at most {MAX_DAYS} days at a time ({(last - first).days + 1} asked).")
+    return first, last
+
+
+class RedemptionExportView(PortalPage, View):
+    permission_required = "portal.export_redemptions"
+
+    def get(self, request):
+        try:
+            first, last = _date_range(request.GET)
+        except ValueError as exc:
+            return HttpResponseBadRequest(str(exc), content_type="text/plain; charset=utf-8")
+        writer = csv.writer(_Echo())
+        rows = redemption_export_rows(first_day=first, last_day=last, chunk_size=CHUNK_ROWS)
+        lines = (writer.writerow([spreadsheet_safe(value) for value in row]) for row in rows)
+        response = StreamingHttpResponse(lines, content_type="text/csv; charset=utf-8")
+        response["Content-Disposition"] = f'attachment; filename="redemptions-{first}-to-{last}.csv"'
+        return response
