@@ -46,3 +46,41 @@ def queue_once(task, *, queueing_lock: str, at=None, exclusive: bool = False, **
                 "UPDATE procrastinate_jobs SET scheduled_at = %s WHERE queueing_lock = %s AND status = 'todo'",
                 [at, queueing_lock],
             )
+
+
+# A worker that sent no heartbeat for this long is dead (procrastinate's own stalled-worker
+# timeout is 30 s, with a heartbeat every 10 s); portal.tasks.retry_stalled_jobs uses the same.
+STALLED_AFTER_SECONDS = 60
+
+
+def job_of(queueing_lock: str) -> tuple[str, int | None]:
+    """The live job of ``queueing_lock``: ``("waiting", id)`` (todo), ``("running", id)``
+    (doing, on a worker that still beats), ``("stalled", id)`` (doing, on a worker that died:
+    procrastinate would leave it so until retried), or ``("", None)`` when there is none."""
+    from datetime import timedelta
+
+    from django.db.models import Q
+    from django.utils import timezone
+    from procrastinate.contrib.django.models import ProcrastinateJob
+
+    job = ProcrastinateJob.objects.filter(queueing_lock=queueing_lock, status__in=("todo", "doing")).order_by("-id").first()
+    if job is None:
+        return "", None
+    if job.status == "todo":
+        return "waiting", job.id
+    beating = Q(worker__last_heartbeat__gte=timezone.now() - timedelta(seconds=STALLED_AFTER_SECONDS))
+    alive = ProcrastinateJob.objects.filter(pk=job.id, worker__isnull=False).filter(beating).exists()
+    return ("running" if alive else "stalled"), job.id
+
+
+def retry_stalled(job_id: int) -> None:
+    """Put a dead worker's job back in the queue, in the current transaction (what
+    ``retry_stalled_jobs`` does every minute, now); a job already retried meanwhile is left be."""
+    from django.db import DatabaseError, transaction
+    from django.utils import timezone
+
+    try:
+        with transaction.atomic():  # a savepoint: a job no longer "doing" must not end the caller's transaction
+            _on_django_connection.retry_job_by_id(job_id, retry_at=timezone.now())
+    except DatabaseError:
+        pass

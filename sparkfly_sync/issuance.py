@@ -50,7 +50,7 @@ from django.utils import timezone
 
 from attentive_sync.delivery import forward
 from attentive_sync.events import CustomEvent, InvalidEvent
-from attentive_sync.jobs import queue_once
+from attentive_sync.jobs import job_of, queue_once, retry_stalled
 from attentive_sync.models import AttentiveSettings
 from sparkfly_sync import events, payloads
 from sparkfly_sync.client import CREDENTIALS_PATH, SparkflyClient, client_from_settings
@@ -636,25 +636,47 @@ def issuance_batch_create(
 
 
 def issuance_batch_retry(*, batch: IssuanceBatch, in_background: bool = True) -> bool:
-    """Queue a finished batch again (``in_background``: its job too): its failed members are
-    retried, each from where it stopped, and those it never reached are issued. False when it
-    is still queued or running."""
+    """Queue a batch again (``in_background``: its job too): its failed members are retried,
+    each from where it stopped, and those it never reached are issued. A batch left queued or
+    running by a process that died (no process runs it, no job waits for it) is queued again
+    too. False when it is still being run, or (``in_background``) its job still waits or runs."""
     with transaction.atomic():
         locked = IssuanceBatch.objects.select_for_update().get(pk=batch.pk)
-        if locked.state != IssuanceBatch.State.DONE:
+        job, job_id = job_of(_batch_lock(locked)) if in_background else ("", None)
+        if locked.state != IssuanceBatch.State.DONE and (batch_being_run(locked) or job in ("waiting", "running")):
             return False
         locked.state, locked.failure, locked.finished_at = IssuanceBatch.State.QUEUED, "", None
         locked.save(update_fields=["state", "failure", "finished_at"])
-        if in_background:
+        if job == "stalled":
+            # Its worker died: that job is put back (a second one could not start while the
+            # dead one holds the batch's lock).
+            retry_stalled(job_id)
+        elif in_background:
             _queue_batch(locked)
     return True
+
+
+def _batch_lock(batch: IssuanceBatch) -> str:
+    return f"issuance-batch:{batch.pk}"
 
 
 def _queue_batch(batch: IssuanceBatch) -> None:
     """The batch's one job, on the caller's transaction (a job already waiting will do it)."""
     from sparkfly_sync.tasks import issue_credentials_batch
 
-    queue_once(issue_credentials_batch, queueing_lock=f"issuance-batch:{batch.pk}", exclusive=True, batch_id=batch.pk)
+    queue_once(issue_credentials_batch, queueing_lock=_batch_lock(batch), exclusive=True, batch_id=batch.pk)
+
+
+def _batch_run_key(batch: IssuanceBatch) -> uuid.UUID:
+    """The advisory lock a process holds while it runs the batch (the job, or the command)."""
+    return uuid.uuid5(BATCH_KEY_NAMESPACE, f"{batch.idempotency_key}/run")
+
+
+def batch_being_run(batch: IssuanceBatch) -> bool:
+    """Whether a live process is running the batch now (its run lock is held: a process that
+    died, however, released it with its connection)."""
+    with _exclusively(_batch_run_key(batch)) as free:
+        return not free
 
 
 def batch_member_key(batch: IssuanceBatch, member_id: int) -> uuid.UUID:
@@ -675,6 +697,20 @@ def issue_batch(
     batch = IssuanceBatch.objects.get(pk=batch_id)
     if batch.state == IssuanceBatch.State.DONE:
         return batch  # a job left over from a run that already finished it
+    with _exclusively(_batch_run_key(batch)) as ours:
+        if not ours:
+            return batch  # another process runs it; this one would only wait on each member's lock
+        batch.refresh_from_db()
+        if batch.state == IssuanceBatch.State.DONE:
+            return batch
+        return _run_batch(batch, client=client, on_result=on_result)
+
+
+def _run_batch(
+    batch: IssuanceBatch, *, client: SparkflyClient | None, on_result: Callable[[IssuanceRequest], None] | None
+) -> IssuanceBatch:
+    """Issue to each member in order: those an earlier run settled (a run killed midway, a
+    retry) come back as they were, so a run picks up where the last one left off."""
     IssuanceBatch.objects.filter(pk=batch.pk).update(
         state=IssuanceBatch.State.RUNNING, started_at=Coalesce("started_at", timezone.now())
     )

@@ -579,6 +579,51 @@ def test_a_batch_run_again_issues_nobody_twice(mirrored, sparkfly_sandbox):
     assert credential_posts(sparkfly_sandbox) == 3
 
 
+def test_a_batch_left_running_by_a_dead_process_is_retried_and_picks_up_where_it_stopped(mirrored, sparkfly_sandbox):
+    members = member_ids(3)
+    batch, _ = issuance.issuance_batch_create(member_ids=members, channel_id=CHANNEL, offer_ids=[RUNNING[0]], in_background=False)
+    # What a killed run leaves: the first member issued, the batch running, no job, no lock.
+    issue(mirrored, member_id=members[0], offer_ids=[RUNNING[0]], key=issuance.batch_member_key(batch, members[0]), batch=batch)
+    IssuanceBatch.objects.filter(pk=batch.pk).update(state="running", started_at=timezone.now())
+
+    assert issuance.issuance_batch_retry(batch=batch) is True
+    assert ProcrastinateJob.objects.filter(task_name="sparkfly_sync.issue_credentials_batch").count() == 1
+    batch = issuance.issue_batch(batch.pk, client=mirrored)
+
+    assert (batch.state, batch.issued, batch.failed) == ("done", 3, 0)
+    assert credential_posts(sparkfly_sandbox) == 3  # the first member's once
+
+
+def test_a_batch_being_run_by_a_live_process_is_neither_retried_nor_run_twice(mirrored, sparkfly_sandbox):
+    batch, _ = issuance.issuance_batch_create(member_ids=member_ids(2), channel_id=CHANNEL, offer_ids=[RUNNING[0]], in_background=False)
+    IssuanceBatch.objects.filter(pk=batch.pk).update(state="running")
+    lock_id = int.from_bytes(issuance._batch_run_key(batch).bytes[:8], "big", signed=True)
+    other_process = connections.create_connection("default")
+    try:
+        with other_process.cursor() as cursor:  # what the live run holds
+            cursor.execute("SELECT pg_advisory_lock(%s)", [lock_id])
+        assert issuance.issuance_batch_retry(batch=batch) is False
+        assert issuance.issue_batch(batch.pk, client=mirrored).state == "running"
+        with other_process.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_unlock(%s)", [lock_id])
+    finally:
+        other_process.close()
+    assert credential_posts(sparkfly_sandbox) == 0
+
+
+def test_retrying_a_batch_whose_worker_died_requeues_that_job_not_a_second_one(mirrored):
+    batch, _ = issuance.issuance_batch_create(member_ids=member_ids(2), channel_id=CHANNEL, offer_ids=[RUNNING[0]])
+    job = ProcrastinateJob.objects.get()
+    with connection.cursor() as cursor:  # taken by a worker that then died (no heartbeat row left)
+        cursor.execute("UPDATE procrastinate_jobs SET status = 'doing', worker_id = NULL WHERE id = %s", [job.pk])
+    IssuanceBatch.objects.filter(pk=batch.pk).update(state="running")
+
+    assert issuance.issuance_batch_retry(batch=batch) is True
+
+    assert [(j.pk, j.status) for j in ProcrastinateJob.objects.all()] == [(job.pk, "todo")]
+    assert IssuanceBatch.objects.get(pk=batch.pk).state == "queued"
+
+
 def test_a_batch_stops_when_sparkfly_keeps_failing(mirrored, sparkfly_sandbox):
     members = member_ids(12)
     sparkfly_sandbox.sandbox.inject_fault(CREDENTIALS_PATH, status=502, body='{"error":"Bad Gateway"}', times=100)

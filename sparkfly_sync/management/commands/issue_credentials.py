@@ -88,7 +88,7 @@ class Command(BaseCommand):
             )
         except (ImproperlyConfigured, issuance.IdempotencyKeyReused) as exc:
             raise CommandError(str(exc)) from exc
-        if batch.state == batch.State.RUNNING:
+        if issuance.batch_being_run(batch):
             raise CommandError(f"Batch {batch.pk} of this key is running elsewhere right now; wait for it to finish.")
         # Before anything is issued: a run cut short (Ctrl-C, a lost session) is resumed with this
         # key, without issuing again to members it already settled.
@@ -96,7 +96,8 @@ class Command(BaseCommand):
             f"Batch {batch.pk}, idempotency key {batch.idempotency_key}: if this run is interrupted, run the "
             f"same command with --idempotency-key {batch.idempotency_key}."
         )
-        issuance.issuance_batch_retry(batch=batch, in_background=False)  # a rerun: done → queued
+        # A rerun: done (or left running by a process that died) → queued.
+        issuance.issuance_batch_retry(batch=batch, in_background=False)
         batch = issuance.issue_batch(batch.pk, client=client, on_result=self._report)
         if batch.failure:
             self.stderr.write(batch.failure)
