@@ -7,6 +7,7 @@ the portal starts an embedded PostgreSQL under ``.data/`` (see ``portal/embedded
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from pathlib import Path
 
 import environ
@@ -49,6 +50,57 @@ if not SECRET_KEY:
     SECRET_KEY = "insecure-local-development-key-do-not-use-in-production"
 ALLOWED_HOSTS = _read("list", "ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
 
+# --- HTTPS and browser security (`manage.py check --deploy` passes with DEBUG off) --------------
+# TLS ends at the load balancer or proxy. Set SECURE_PROXY_SSL_HEADER=X-Forwarded-Proto only
+# behind a proxy that sets that header itself (overwriting what a client sent): Django then
+# trusts it to say the original request was https. Anywhere else a client could forge it.
+_proxy_ssl_header = _read("str", "SECURE_PROXY_SSL_HEADER", "")
+SECURE_PROXY_SSL_HEADER = (
+    ("HTTP_" + _proxy_ssl_header.upper().replace("-", "_"), "https") if _proxy_ssl_header else None
+)
+# http → https redirects, on unless DEBUG; load balancers check /healthz (and /metrics) over plain http.
+SECURE_SSL_REDIRECT = _read("bool", "SECURE_SSL_REDIRECT", not DEBUG)
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^metrics$"]
+# Session and CSRF cookies only over https; follows SECURE_SSL_REDIRECT unless set.
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = _read("bool", "SECURE_COOKIES", SECURE_SSL_REDIRECT)
+CSRF_TRUSTED_ORIGINS = _read("list", "CSRF_TRUSTED_ORIGINS", [])
+# Strict-Transport-Security (sent on https answers only): a year unless DEBUG.
+SECURE_HSTS_SECONDS = _read("int", "SECURE_HSTS_SECONDS", 0 if DEBUG else 31_536_000)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = _read("bool", "SECURE_HSTS_INCLUDE_SUBDOMAINS", True)
+SECURE_HSTS_PRELOAD = _read("bool", "SECURE_HSTS_PRELOAD", True)
+SECURE_REFERRER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
+# Content-Security-Policy (django-csp): only this origin's files; no inline script anywhere (the
+# pages pass data with json_script and load static JS). Exceptions, each scoped to its pages:
+# inline styles in the admin (portal/security.py) and on the API docs page (portal/urls.py).
+# Pico CSS draws its form icons as data: SVGs.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "script-src": ["'self'"],
+        "style-src": ["'self'"],
+        "img-src": ["'self'", "data:"],
+        "object-src": ["'none'"],
+        "base-uri": ["'self'"],
+        "form-action": ["'self'"],
+        "frame-ancestors": ["'none'"],
+    }
+}
+
+# --- Login throttling (django-axes) --------------------------------------------------------------
+# LOGIN_FAILURE_LIMIT failed logins of one username from one address lock that pair out of the
+# admin and the portal for LOGIN_LOCKOUT_MINUTES; a success clears the count.
+# `manage.py axes_reset` (or axes_reset_username NAME / axes_reset_ip ADDRESS) lifts lockouts.
+AUTHENTICATION_BACKENDS = ["portal.security.LockoutBackend", "django.contrib.auth.backends.ModelBackend"]
+AXES_FAILURE_LIMIT = _read("int", "LOGIN_FAILURE_LIMIT", 5)
+AXES_COOLOFF_TIME = timedelta(minutes=_read("float", "LOGIN_LOCKOUT_MINUTES", 15.0))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_TEMPLATE = "axes/locked_out.html"
+AXES_CLIENT_IP_CALLABLE = "portal.security.client_ip"
+# Proxies in front of the portal that append to X-Forwarded-For (0: clients connect directly).
+TRUSTED_PROXY_COUNT = _read("int", "TRUSTED_PROXY_COUNT", 0)
+
 INSTALLED_APPS = [
     "django.contrib.admin",
     "django.contrib.auth",
@@ -61,6 +113,8 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "procrastinate.contrib.django",
+    "csp",
+    "axes",
     "portal",
     "sparkfly_sync",
     "attentive_sync",
@@ -68,6 +122,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "portal.security.PortalCSPMiddleware",
     # Serves static/ itself (compressed, cached), so the portal needs no web server or CDN.
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -76,6 +131,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes requires: turns a locked-out login into the lockout page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "portal.urls"
@@ -232,5 +289,6 @@ LOGGING = {
         "django.server": {"handlers": ["console"], "level": "INFO", "propagate": False},
         "pgserver": {"level": "WARNING"},
         "procrastinate": {"level": "WARNING"},
+        "axes": {"level": "WARNING"},  # failed and locked-out logins; not its start-up banner
     },
 }
