@@ -18,3 +18,49 @@ class PortalAccess(models.Model):
             ("view_portal", "Can see the portal's pages (dashboard, members, offers, deliveries)"),
             ("export_redemptions", "Can export redemptions as CSV"),
         ]
+
+
+class DailyActivity(models.Model):
+    """One day's redemptions, issuances and points redeemed, for one program and one slice:
+    the pre-aggregated figures the dashboard reads (``portal.rollups`` writes them).
+
+    ``program_id`` is a loyalty program's Sparkfly id, or ``ALL_PROGRAMS`` (0: every record
+    once, enrolled or not). ``key`` is the offer's or store's Sparkfly id, 0 for the totals.
+    """
+
+    ALL_PROGRAMS = 0
+
+    class Dimension(models.TextChoices):
+        TOTAL = "total"
+        OFFER = "offer"
+        STORE = "store"
+
+    day = models.DateField(help_text="in the portal's time zone (TIME_ZONE)")
+    program_id = models.BigIntegerField("program (Sparkfly id, 0 = all programs)")
+    dimension = models.CharField(max_length=10, choices=Dimension.choices)
+    key = models.BigIntegerField(help_text="offer or store Sparkfly id; 0 for totals")
+    redemptions = models.PositiveIntegerField(default=0)
+    issuances = models.PositiveIntegerField(default=0, help_text="issued credentials, once per offer")
+    points_redeemed = models.BigIntegerField(default=0)
+
+    class Meta:
+        verbose_name_plural = "daily activity"
+        constraints = [
+            # Day first: a refresh replaces whole days (DELETE … WHERE day = ANY(…)).
+            models.UniqueConstraint(fields=["day", "program_id", "dimension", "key"], name="daily_activity_unique"),
+        ]
+        # The dashboard's reads: one program, one slice, a range of days.
+        indexes = [models.Index(fields=["program_id", "dimension", "day"], name="daily_activity_range")]
+
+    def __str__(self) -> str:
+        return f"{self.day} program {self.program_id} {self.dimension} {self.key}"
+
+
+class RollupRefresh(models.Model):
+    """The single row saying up to when the daily rollups took changes in (``portal.rollups``)."""
+
+    refreshed_at = models.DateTimeField(help_text="changes recorded before this time are in the figures")
+    days = models.PositiveIntegerField(default=0, help_text="days recomputed by the last refresh")
+
+    def __str__(self) -> str:
+        return f"rollups as of {self.refreshed_at:%Y-%m-%d %H:%M:%S}"

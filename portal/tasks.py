@@ -28,3 +28,24 @@ async def retry_stalled_jobs(context, timestamp: int) -> None:
     for job in await job_manager.get_stalled_jobs(seconds_since_heartbeat=STALLED_AFTER_SECONDS):
         await job_manager.retry_job(job)
         logger.warning("job %s (%s) of a dead worker was queued again", job.id, job.task_name)
+
+
+# queueing_lock: a run waiting already is enough (runs never pile up behind a slow one);
+# lock: two workers never refresh at once (the refresh also takes an advisory lock).
+@app.periodic(cron="* * * * *", periodic_id="portal-refresh-rollups")
+@app.task(name="portal.refresh_rollups", queue="maintenance", queueing_lock="portal-rollups", lock="portal-rollups")
+def refresh_rollups(timestamp: int) -> None:
+    """Every minute: recompute the dashboard's daily figures for the days whose records changed."""
+    from portal.rollups import rollups_refresh
+
+    rollups_refresh()
+
+
+@app.periodic(cron="17 3 * * *", periodic_id="portal-rebuild-rollups")
+@app.task(name="portal.rebuild_rollups", queue="maintenance", queueing_lock="portal-rollups-rebuild", lock="portal-rollups")
+def rebuild_rollups(timestamp: int) -> None:
+    """Every night: rebuild every day, taking in enrollments and credentials mirrored after
+    their member's records were counted (the minute refresh only sees changed records)."""
+    from portal.rollups import rollups_refresh
+
+    rollups_refresh(everything=True)

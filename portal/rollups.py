@@ -1,0 +1,217 @@
+"""The dashboard's daily rollups (``DailyActivity``): redemptions, issuances and points redeemed
+per day, program and slice (totals, per offer, per store), so the dashboard sums a few hundred
+rows instead of counting a million redemptions on every view.
+
+What counts (issue 6, the dashboard):
+
+* a redemption is a ``Redemption`` (one conversion callback), on its ``redeemed_at`` day;
+* an issuance is an ``IssuanceRequest`` in state issued, on its ``finished_at`` day, once per
+  offer of its ``offer_ids``;
+* points redeemed are the ``points_redeemed`` of ``loyalty.enrollment.points.redeemed``
+  notifications (the verified document is stored whole in ``Notification.payload``; its
+  ``data`` passed ``PointsRedeemedData``), on their ``occurred_at`` day (``received_at`` when
+  the event carried no time).
+
+Days are the portal's (``TIME_ZONE``). A redemption or issuance belongs to every program its
+member is enrolled in (redemption → credential → member → enrollments), points to their
+enrollment's program; program 0 counts every record once, enrolled or not.
+
+How a refresh works (``rollups_refresh``): it recomputes whole days, never adjusts counters, so
+a refresh is always exact for the days it touches and running it twice changes nothing. The
+touched days are the days of records that arrived (``received_at``) or were issued
+(``finished_at``) since the last refresh. Those are the times the records' transactions set
+just before committing; the window reaches ``COMMIT_LAG`` further back so a record whose
+transaction committed a moment after the previous refresh read is not missed. (An id
+watermark, as first planned, misses both: ids commit out of order, and an issuance request
+becomes issued long after its id was seen.) In one transaction, under an advisory lock so two
+refreshes never interleave: delete the touched days, then one INSERT … SELECT … GROUP BY per
+source, indexed by day through a join with the days' bounds. Readers see the old days until
+the commit.
+
+What a touched-days refresh cannot see: an enrollment or credential mirrored after its
+member's records were rolled up (the mirror sync writes them; the records did not change). The
+nightly full refresh (``portal.tasks.rebuild_rollups``, or ``manage.py refresh_rollups --all``)
+puts those records in their programs.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import date, datetime, time, timedelta
+from zoneinfo import ZoneInfo
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.utils import timezone
+
+from portal.models import DailyActivity, RollupRefresh
+from sparkfly_sync.models import Credential, IssuanceRequest, LoyaltyEnrollment, Notification, Redemption
+from sparkfly_sync.serializers import MAX_CLOCK_SKEW, POINTS_REDEEMED
+
+logger = logging.getLogger(__name__)
+
+# Longer than any transaction that records a redemption, a notification or an issuance (a
+# webhook request, one step of an issuance) takes between setting its time and committing.
+COMMIT_LAG = timedelta(minutes=5)
+
+_LOCK_KEY = 0x726F6C6C7570  # "rollup": one refresh at a time, whoever runs it
+
+_TABLES = {
+    "rollup": DailyActivity._meta.db_table,
+    "redemption": Redemption._meta.db_table,
+    "credential": Credential._meta.db_table,
+    "enrollment": LoyaltyEnrollment._meta.db_table,
+    "issuance": IssuanceRequest._meta.db_table,
+    "notification": Notification._meta.db_table,
+}
+
+# A member's programs, each once however many enrollments they hold in it.
+_MEMBER_PROGRAMS = """member_programs AS (
+    SELECT DISTINCT member_id, program_id FROM {enrollment}
+    WHERE member_id IS NOT NULL AND program_id IS NOT NULL
+)"""
+
+# {window}: either nothing (every day) or a join with the days' bounds, one index range each.
+_REDEMPTIONS = """
+WITH {member_programs},
+records AS (
+    SELECT (r.redeemed_at AT TIME ZONE %(tz)s)::date AS day, r.offer_id, r.store_id, r.credential_id
+    FROM {redemption} r {window}
+),
+per_program AS (
+    SELECT day, offer_id, store_id, 0::bigint AS program_id FROM records
+    UNION ALL
+    SELECT r.day, r.offer_id, r.store_id, mp.program_id
+    FROM records r
+    JOIN {credential} c ON c.sparkfly_id = r.credential_id
+    JOIN member_programs mp ON mp.member_id = c.member_id
+)
+INSERT INTO {rollup} (day, program_id, dimension, key, redemptions, issuances, points_redeemed)
+SELECT p.day, p.program_id, d.dimension, d.key, count(*), 0, 0
+FROM per_program p
+CROSS JOIN LATERAL (VALUES ('total', 0::bigint), ('offer', p.offer_id), ('store', p.store_id)) AS d(dimension, key)
+WHERE d.key IS NOT NULL
+GROUP BY 1, 2, 3, 4
+"""
+
+_ISSUANCES = """
+WITH {member_programs},
+records AS (
+    SELECT (i.finished_at AT TIME ZONE %(tz)s)::date AS day, i.member_id, unnest(i.offer_ids) AS offer_id
+    FROM {issuance} i {window}
+    WHERE i.state = %(issued)s AND i.finished_at IS NOT NULL
+),
+per_program AS (
+    SELECT day, offer_id, 0::bigint AS program_id FROM records
+    UNION ALL
+    SELECT r.day, r.offer_id, mp.program_id FROM records r JOIN member_programs mp ON mp.member_id = r.member_id
+)
+INSERT INTO {rollup} (day, program_id, dimension, key, redemptions, issuances, points_redeemed)
+SELECT p.day, p.program_id, d.dimension, d.key, 0, count(*), 0
+FROM per_program p
+CROSS JOIN LATERAL (VALUES ('total', 0::bigint), ('offer', p.offer_id)) AS d(dimension, key)
+GROUP BY 1, 2, 3, 4
+ON CONFLICT (day, program_id, dimension, key) DO UPDATE SET issuances = EXCLUDED.issuances
+"""
+
+# The payload is the verified document as received: ``data.points_redeemed`` and
+# ``data.member.enrollment.id`` were checked (digits or a JSON integer) before it was stored;
+# the pattern keeps anything else from failing the whole refresh on a cast.
+_POINTS = """
+WITH records AS (
+    SELECT (coalesce(n.occurred_at, n.received_at) AT TIME ZONE %(tz)s)::date AS day,
+           CASE WHEN n.payload #>> '{{data,points_redeemed}}' ~ '^\\s*[0-9]{{1,18}}\\s*$'
+                THEN (n.payload #>> '{{data,points_redeemed}}')::bigint ELSE 0 END AS points,
+           CASE WHEN n.payload #>> '{{data,member,enrollment,id}}' ~ '^\\s*[0-9]{{1,18}}\\s*$'
+                THEN (n.payload #>> '{{data,member,enrollment,id}}')::bigint END AS enrollment_id
+    FROM {notification} n {window}
+    WHERE n.event_name = %(points_event)s
+),
+per_program AS (
+    SELECT day, points, 0::bigint AS program_id FROM records
+    UNION ALL
+    SELECT r.day, r.points, e.program_id
+    FROM records r JOIN {enrollment} e ON e.sparkfly_id = r.enrollment_id
+    WHERE e.program_id IS NOT NULL
+)
+INSERT INTO {rollup} (day, program_id, dimension, key, redemptions, issuances, points_redeemed)
+SELECT day, program_id, 'total', 0, 0, 0, sum(points)
+FROM per_program
+GROUP BY 1, 2
+ON CONFLICT (day, program_id, dimension, key) DO UPDATE SET points_redeemed = EXCLUDED.points_redeemed
+"""
+
+_WINDOWS = {
+    "redemption": "JOIN unnest(%(starts)s::timestamptz[], %(ends)s::timestamptz[]) AS w(lo, hi)"
+    " ON r.redeemed_at >= w.lo AND r.redeemed_at < w.hi",
+    "issuance": "JOIN unnest(%(starts)s::timestamptz[], %(ends)s::timestamptz[]) AS w(lo, hi)"
+    " ON i.finished_at >= w.lo AND i.finished_at < w.hi",
+    # No index on occurred_at; but an event is received after it occurred (up to the clock skew
+    # the webhook tolerates), which bounds received_at (indexed) from below.
+    "notification": "JOIN unnest(%(starts)s::timestamptz[], %(ends)s::timestamptz[]) AS w(lo, hi)"
+    " ON n.received_at >= w.lo - %(skew)s AND coalesce(n.occurred_at, n.received_at) >= w.lo"
+    " AND coalesce(n.occurred_at, n.received_at) < w.hi",
+}
+
+_TOUCHED_DAYS = """
+SELECT (redeemed_at AT TIME ZONE %(tz)s)::date FROM {redemption} WHERE received_at > %(since)s
+UNION
+SELECT (finished_at AT TIME ZONE %(tz)s)::date FROM {issuance} WHERE state = %(issued)s AND finished_at > %(since)s
+UNION
+SELECT (coalesce(occurred_at, received_at) AT TIME ZONE %(tz)s)::date FROM {notification}
+WHERE event_name = %(points_event)s AND received_at > %(since)s
+"""
+
+
+def day_bounds(day: date) -> tuple[datetime, datetime]:
+    """The instants a day of the portal's time zone starts and ends (23 or 25 hours at a DST change)."""
+    zone = ZoneInfo(settings.TIME_ZONE)
+    return datetime.combine(day, time.min, zone), datetime.combine(day + timedelta(days=1), time.min, zone)
+
+
+@transaction.atomic
+def rollups_refresh(*, days: list[date] | None = None, everything: bool = False) -> list[date] | None:
+    """Bring the daily rollups up to date and return the days recomputed (None: all of them).
+
+    ``days`` recomputes those days; ``everything`` rebuilds the whole table; neither recomputes
+    the days of records that changed since the last refresh (all days on the first refresh).
+    """
+    started = timezone.now()
+    params = {"tz": settings.TIME_ZONE, "issued": IssuanceRequest.State.ISSUED, "points_event": POINTS_REDEEMED}
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_LOCK_KEY])
+        state = RollupRefresh.objects.select_for_update().first()
+        if days is None and not everything:
+            if state is None:
+                everything = True
+            else:
+                cursor.execute(
+                    _TOUCHED_DAYS.format(**_TABLES), {**params, "since": state.refreshed_at - COMMIT_LAG}
+                )
+                days = sorted(row[0] for row in cursor.fetchall())
+        if everything:
+            cursor.execute(f"DELETE FROM {_TABLES['rollup']}")
+            _insert(cursor, params, windowed=False)
+            days = None
+        elif days:
+            bounds = [day_bounds(day) for day in days]
+            cursor.execute(f"DELETE FROM {_TABLES['rollup']} WHERE day = ANY(%s)", [list(days)])
+            _insert(
+                cursor,
+                {**params, "starts": [lo for lo, _ in bounds], "ends": [hi for _, hi in bounds], "skew": MAX_CLOCK_SKEW},
+                windowed=True,
+            )
+    count = len(days) if days is not None else DailyActivity.objects.dates("day", "day").count()
+    if state is None:
+        RollupRefresh.objects.create(refreshed_at=started, days=count)
+    else:
+        state.refreshed_at, state.days = started, count
+        state.save(update_fields=["refreshed_at", "days"])
+    logger.info("daily rollups refreshed: %s", "every day" if days is None else f"{len(days)} day(s)")
+    return days
+
+
+def _insert(cursor, params: dict, *, windowed: bool) -> None:
+    names = {**_TABLES, "member_programs": _MEMBER_PROGRAMS.format(**_TABLES)}
+    for statement, source in ((_REDEMPTIONS, "redemption"), (_ISSUANCES, "issuance"), (_POINTS, "notification")):
+        cursor.execute(statement.format(**names, window=_WINDOWS[source] if windowed else ""), params)

@@ -1,0 +1,146 @@
+"""The dashboard's daily rollups equal a direct count of the records, however and whenever they
+are refreshed, in the portal's time zone, per program."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import pytest
+from django.core.management import call_command
+from django.utils import timezone
+
+from portal.models import DailyActivity, RollupRefresh
+from portal.rollups import rollups_refresh
+from sparkfly_sync.models import IssuanceRequest, LoyaltyEnrollment
+from tests.portal import activity
+from tests.portal.activity import AN_HOUR_AGO, direct_counts, rollup_table
+
+pytestmark = pytest.mark.django_db
+
+NEW_YORK = ZoneInfo("America/New_York")
+GOLD, SILVER = 7, 8
+OFFER_A, OFFER_B = 501, 502
+STORE_1, STORE_2 = 901, 902
+
+
+@pytest.fixture(autouse=True)
+def new_york_days(settings):
+    # Days are the portal's: a redemption at 02:00 UTC is on the previous day in New York.
+    settings.TIME_ZONE = "America/New_York"
+
+
+@pytest.fixture
+def records():
+    """Members in one, two or no programs (one enrolled twice in the same program), their
+    records spread over three days; everything arrived an hour ago."""
+    earlier = timezone.now() - AN_HOUR_AGO
+    activity.program(GOLD, "Gold")
+    activity.program(SILVER, "Silver")
+    activity.member(1, GOLD)
+    activity.member(2, GOLD, GOLD, SILVER)
+    activity.member(3)
+    activity.credential(11, 1)
+    activity.credential(12, 2)
+    activity.credential(13, 3)
+    # 14: a credential not mirrored yet; its redemptions count in "all programs" only.
+    day1 = datetime(2026, 3, 1, 12, tzinfo=NEW_YORK)
+    late_evening = datetime(2026, 3, 3, 2, tzinfo=ZoneInfo("UTC"))  # 2 March in New York
+    for credential_id, offer_id, at, store_id in [
+        (11, OFFER_A, day1, STORE_1),
+        (11, OFFER_A, day1 + timedelta(hours=3), STORE_2),
+        (12, OFFER_A, day1, STORE_1),
+        (12, OFFER_B, late_evening, None),
+        (13, OFFER_B, late_evening, STORE_2),
+        (14, OFFER_B, day1 + timedelta(days=2), STORE_1),
+    ]:
+        activity.redemption(credential_id, offer_id, at, store_id=store_id, received_at=earlier)
+    activity.issuance(1, [OFFER_A, OFFER_B], day1)
+    activity.issuance(2, [OFFER_A], late_evening)
+    activity.issuance(3, [OFFER_B], day1, state=IssuanceRequest.State.REFUSED)
+    activity.issuance(3, [OFFER_B], None, state=IssuanceRequest.State.PENDING)
+    gold_of_2 = LoyaltyEnrollment.objects.filter(member_id=2, program_id=GOLD).first().sparkfly_id
+    silver_of_2 = LoyaltyEnrollment.objects.get(member_id=2, program_id=SILVER).sparkfly_id
+    activity.points_redeemed(gold_of_2, 100, day1, received_at=earlier)
+    activity.points_redeemed(silver_of_2, "250", late_evening, received_at=earlier)
+    activity.points_redeemed(999_999, 40, late_evening, received_at=earlier)  # enrollment not mirrored
+    activity.points_redeemed(gold_of_2, 7, day1, received_at=earlier, event_name="loyalty.enrollment.points.awarded")
+
+
+def test_the_first_refresh_counts_every_record_once_per_program_of_its_member(records):
+    assert rollups_refresh() is None  # nothing refreshed before: every day
+    table = rollup_table()
+    assert table == direct_counts()
+    march_1, march_2 = datetime(2026, 3, 1).date(), datetime(2026, 3, 2).date()
+    # The figures the definitions give, spelled out once.
+    assert table[(march_1, 0, "total", 0)] == (3, 2, 100)
+    assert table[(march_1, GOLD, "total", 0)] == (3, 2, 100)  # member 2 counted once in Gold
+    assert (march_1, SILVER, "total", 0) in table and table[(march_1, SILVER, "total", 0)] == (1, 0, 0)
+    assert table[(march_2, 0, "total", 0)] == (2, 1, 290)
+    assert table[(march_2, SILVER, "total", 0)] == (1, 1, 250)
+    assert table[(march_1, 0, "offer", OFFER_B)] == (0, 1, 0)
+    assert table[(march_1, 0, "store", STORE_1)] == (2, 0, 0)
+    assert not any(key[2] == "store" and key[3] is None for key in table)
+
+
+def test_a_refresh_takes_in_new_and_changed_records_and_touches_only_their_days(records):
+    rollups_refresh()
+    march_3 = datetime(2026, 3, 3).date()
+    activity.redemption(12, OFFER_A, datetime(2026, 3, 3, 9, tzinfo=NEW_YORK), store_id=STORE_2)
+    assert rollups_refresh() == [march_3]
+    assert rollup_table() == direct_counts()
+
+    # An issuance request becomes issued (an update, not an insert): on today's date.
+    pending = IssuanceRequest.objects.get(state=IssuanceRequest.State.PENDING)
+    pending.state, pending.finished_at = IssuanceRequest.State.ISSUED, timezone.now()
+    pending.save()
+    points_day = datetime(2026, 2, 20, 8, tzinfo=NEW_YORK)  # points reported late, for an old day
+    activity.points_redeemed(LoyaltyEnrollment.objects.get(member_id=1).sparkfly_id, 30, points_day)
+    # 3 March again: its redemption arrived within COMMIT_LAG of the previous refresh.
+    assert rollups_refresh() == sorted({points_day.date(), march_3, timezone.localdate()})
+    assert rollup_table() == direct_counts()
+    assert rollup_table()[(timezone.localdate(), 0, "offer", OFFER_B)] == (0, 1, 0)
+    assert rollup_table()[(points_day.date(), GOLD, "total", 0)] == (0, 0, 30)
+
+
+def test_refreshing_twice_changes_nothing(records):
+    rollups_refresh()
+    before = rollup_table()
+    assert rollups_refresh() == []
+    assert rollup_table() == before
+    rollups_refresh(days=[datetime(2026, 3, 1).date(), datetime(2026, 3, 2).date()])
+    assert rollup_table() == before
+    rollups_refresh(everything=True)
+    assert rollup_table() == before
+
+
+def test_a_record_committed_just_before_the_last_refresh_is_still_taken_in(records):
+    """A transaction may set its record's time before a refresh reads and commit after it:
+    the window reaches back (COMMIT_LAG) to catch it."""
+    rollups_refresh()
+    RollupRefresh.objects.update(refreshed_at=timezone.now())
+    activity.redemption(13, OFFER_A, datetime(2026, 3, 1, 9, tzinfo=NEW_YORK),
+                        received_at=timezone.now() - timedelta(minutes=2))
+    assert rollups_refresh() == [datetime(2026, 3, 1).date()]
+    assert rollup_table() == direct_counts()
+
+
+def test_an_enrollment_mirrored_late_counts_after_a_full_rebuild(records):
+    rollups_refresh()
+    activity.member(4)
+    activity.credential(15, 4)
+    activity.redemption(15, OFFER_A, datetime(2026, 3, 1, 9, tzinfo=NEW_YORK), received_at=timezone.now() - AN_HOUR_AGO)
+    LoyaltyEnrollment.objects.create(sparkfly_id=77_777, member_id=4, program_id=SILVER, synced_at=timezone.now())
+    rollups_refresh()
+    assert rollup_table() != direct_counts()  # the member's record was not touched
+    call_command("refresh_rollups", "--all")
+    assert rollup_table() == direct_counts()
+
+
+def test_the_command_says_what_it_recomputed(records, capsys):
+    call_command("refresh_rollups")
+    assert "Recomputed every day." in capsys.readouterr().out
+    activity.redemption(11, OFFER_B, datetime(2026, 3, 2, 9, tzinfo=NEW_YORK))
+    call_command("refresh_rollups")
+    assert "Recomputed 1 day(s): 2026-03-02." in capsys.readouterr().out
+    assert DailyActivity.objects.filter(day="2026-03-02", program_id=0, dimension="total").get().redemptions == 3
