@@ -57,6 +57,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings")
 os.environ.setdefault("SECRET_KEY", "benchmark-only")
+os.environ.setdefault("SECURE_SSL_REDIRECT", "false")  # wrk and the sandbox call plain http
 os.environ["LOG_LEVEL"] = "WARNING"  # no per-page sync lines in the table (children inherit it)
 for name in ("SPARKFLY_API_URL", "SPARKFLY_IDENTITY", "SPARKFLY_KEY"):
     os.environ[name] = ""  # never a real account

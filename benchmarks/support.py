@@ -73,6 +73,8 @@ class GunicornConfig:
         gunicorn = Path(sys.executable).with_name("gunicorn")
         command = [
             str(gunicorn) if gunicorn.exists() else "gunicorn", app,
+            # Exactly this configuration, not the deployment's gunicorn.conf.py (access log, worker recycling).
+            "--config", "",
             "--bind", f"127.0.0.1:{port}",
             "--workers", str(self.workers),
             "--worker-class", self.worker_class,

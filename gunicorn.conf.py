@@ -1,0 +1,61 @@
+"""gunicorn's configuration for the portal (the Procfile's ``web``; read from the working
+directory, or pass ``--config gunicorn.conf.py``). Every value can be changed from the environment:
+
+  PORT                      port to listen on, all interfaces (8000)
+  WEB_CONCURRENCY           worker processes (2 x cores + 1, gunicorn's documented starting point:
+                            a sync worker blocks on each database round trip)
+  GUNICORN_THREADS          threads per worker (1: sync workers; >1 switches to gthread)
+  GUNICORN_TIMEOUT          seconds a request may take before its worker is restarted (30)
+  GUNICORN_MAX_REQUESTS     requests after which a worker is replaced, plus up to 10 % jitter so
+                            workers do not restart together (1000; 0 = never)
+  FORWARDED_ALLOW_IPS       addresses of the proxies whose X-Forwarded-* headers are trusted
+                            (127.0.0.1,::1; the load balancer's addresses in production, or *
+                            when only the balancer can reach the portal)
+
+Each worker keeps a database connection per thread for CONN_MAX_AGE seconds (set 60 here).
+The access log goes to stdout with every conversion callback's secret masked (portal/logs.py).
+"""
+
+import multiprocessing
+import os
+import sys
+from pathlib import Path
+
+from gunicorn.glogging import Logger
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from portal.logs import RedactCallbackSecrets  # noqa: E402 — needs the project on sys.path
+
+
+def _int(name: str, default: int) -> int:
+    raw = os.environ.get(name, "")
+    return int(raw) if raw else default
+
+
+class RedactingLogger(Logger):
+    """gunicorn's logger, with the callback secret masked in access and error lines alike."""
+
+    def setup(self, cfg):
+        super().setup(cfg)
+        for log in (self.access_log, self.error_log):
+            log.addFilter(RedactCallbackSecrets())
+
+
+wsgi_app = "portal.wsgi:application"
+bind = [f"0.0.0.0:{_int('PORT', 8000)}"]
+workers = _int("WEB_CONCURRENCY", 2 * multiprocessing.cpu_count() + 1)
+threads = _int("GUNICORN_THREADS", 1)
+timeout = _int("GUNICORN_TIMEOUT", 30)
+graceful_timeout = timeout
+keepalive = 5  # longer than nothing, shorter than a load balancer's idle timeout (60 s on most)
+max_requests = _int("GUNICORN_MAX_REQUESTS", 1000)
+max_requests_jitter = max_requests // 10
+forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS") or "127.0.0.1,::1"
+# Worker heartbeats on tmpfs: a container's overlay disk can stall them into false timeouts.
+worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
+
+logger_class = RedactingLogger
+accesslog = "-"
+errorlog = "-"
+# gunicorn's combined format plus the time taken (ms) and the load balancer's client address.
+access_log_format = '%(h)s %({x-forwarded-for}i)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s" %(M)sms'

@@ -1,0 +1,86 @@
+"""The production web server: gunicorn started with gunicorn.conf.py (as the Procfile does) serves
+the portal against the test database, and its access log never shows a callback's secret."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+from django.urls import reverse
+
+from portal.logs import MASK
+from sparkfly_sync.models import ConversionEndpoint, Redemption
+from tests.conftest import database_url_for_subprocess, wait_for_backends_to_end
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_the_procfile_runs_gunicorn_with_this_config_and_a_worker():
+    processes = dict(line.split(": ", 1) for line in (ROOT / "Procfile").read_text().splitlines() if line.strip())
+    assert processes["web"] == "gunicorn --config gunicorn.conf.py"
+    assert processes["worker"].startswith("python manage.py procrastinate worker")
+    assert processes["release"] == "python manage.py migrate --noinput"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_gunicorn_access_log_masks_the_callback_secret(tmp_path):
+    endpoint = ConversionEndpoint.objects.create(channel_id=11)
+    port = free_port()
+    log_path = tmp_path / "gunicorn.log"
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url_for_subprocess("gunicorn-test"),
+        "PORT": str(port),
+        "WEB_CONCURRENCY": "2",
+        "CONN_MAX_AGE": "60",
+    }
+    gunicorn = Path(sys.executable).with_name("gunicorn")
+    with open(log_path, "wb") as log:
+        server = subprocess.Popen(
+            [str(gunicorn), "--config", str(ROOT / "gunicorn.conf.py")], cwd=ROOT, env=env, stdout=log, stderr=log
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert server.poll() is None, log_path.read_text()
+            try:
+                requests.get(base + "/healthz", timeout=5)
+                break
+            except requests.ConnectionError:
+                assert time.monotonic() < deadline, "gunicorn did not answer within 60 s"
+                time.sleep(0.2)
+        path = reverse(
+            "sparkfly-conversion-callback", kwargs={"endpoint_uuid": str(endpoint.uuid), "secret": endpoint.secret}
+        )
+        answer = requests.get(
+            base + path,
+            params={"credential_id": "501", "offer_id": "7", "redeemed_at": "2026-01-02T03:04:05Z", "status": "redeemed"},
+            timeout=10,
+        )
+        assert answer.status_code == 202, answer.text
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=30)
+        wait_for_backends_to_end("gunicorn-test")
+
+    assert Redemption.objects.count() == 1
+    log = log_path.read_text()
+    assert endpoint.secret not in log
+    access_lines = [line for line in log.splitlines() if "/conversions" in line]
+    assert len(access_lines) == 1, log
+    assert f"/hooks/sparkfly/channels/{endpoint.uuid}/{MASK}/conversions?credential_id=501" in access_lines[0]
+    assert '" 202 ' in access_lines[0]
