@@ -120,7 +120,8 @@ class Fault:
     ``status``/``body``/``content_type`` verbatim (the body may be deliberately broken JSON),
     ``delay`` seconds late (a slow Attentive, for read timeouts), or, with ``drop``, no answer at
     all: the connection is closed after the delay (a dropped connection). A faulted request
-    never reaches the API: it is not authenticated, rate-limited or recorded.
+    never reaches the API: it is not authenticated, rate-limited or recorded. With ``location``
+    the answer carries that ``Location`` header (a redirect, which the client must not follow).
     """
 
     path_prefix: str
@@ -131,11 +132,12 @@ class Fault:
     after: int = 0
     delay: float = 0.0
     drop: bool = False
+    location: str = ""
 
     def __post_init__(self) -> None:
         # Checked here so a bad fault fails when injected, not when a request hits it.
-        if not all(isinstance(text, str) for text in (self.path_prefix, self.body, self.content_type)):
-            raise TypeError("path_prefix, body and content_type must be strings")
+        if not all(isinstance(text, str) for text in (self.path_prefix, self.body, self.content_type, self.location)):
+            raise TypeError("path_prefix, body, content_type and location must be strings")
         if not all(type(number) is int for number in (self.status, self.times, self.after)):
             raise TypeError("status, times and after must be integers")
         if not 100 <= self.status <= 599 or self.times < 1 or self.after < 0:
@@ -668,12 +670,13 @@ class AttentiveSandbox:
         after: int = 0,
         delay: float = 0.0,
         drop: bool = False,
+        location: str = "",
     ) -> Fault:
         """Answer the next ``times`` requests under ``path_prefix`` (after skipping ``after``)
         raw, or drop their connections."""
         fault = Fault(
             path_prefix, status=status, body=body, content_type=content_type,
-            times=times, after=after, delay=delay, drop=drop,
+            times=times, after=after, delay=delay, drop=drop, location=location,
         )
         with self._lock:
             self._faults.append(fault)
@@ -745,7 +748,10 @@ class AttentiveSandbox:
         delay = 0.0
         if fault is not None:
             delay = fault.delay
-            response = None if fault.drop else Response(fault.body, status=fault.status, content_type=fault.content_type)
+            response = None if fault.drop else Response(
+                fault.body, status=fault.status, content_type=fault.content_type,
+                headers={"Location": fault.location} if fault.location else None,
+            )
         else:
             response = self._answer(request)
         status = None if response is None else response.status_code

@@ -218,7 +218,8 @@ class Fault:
 
     The first ``after`` matching requests pass through untouched; the next ``times`` get
     ``status``/``body``/``content_type`` verbatim (the body may be deliberately broken JSON),
-    ``delay`` seconds late (a slow Sparkfly, for read timeouts).
+    ``delay`` seconds late (a slow Sparkfly, for read timeouts), with a ``Location`` header when
+    ``location`` is set (a redirect, which the client must not follow).
     """
 
     path_prefix: str
@@ -228,11 +229,12 @@ class Fault:
     times: int = 1
     after: int = 0
     delay: float = 0.0
+    location: str = ""
 
     def __post_init__(self) -> None:
         # Checked here so a bad fault fails when injected, not when a request hits it.
-        if not all(isinstance(text, str) for text in (self.path_prefix, self.body, self.content_type)):
-            raise TypeError("path_prefix, body and content_type must be strings")
+        if not all(isinstance(text, str) for text in (self.path_prefix, self.body, self.content_type, self.location)):
+            raise TypeError("path_prefix, body, content_type and location must be strings")
         if not all(isinstance(number, int) for number in (self.status, self.times, self.after)):
             raise TypeError("status, times and after must be integers")
         if not 100 <= self.status <= 599 or self.times < 1 or self.after < 0:
@@ -605,10 +607,12 @@ class SparkflySandbox:
         times: int = 1,
         after: int = 0,
         delay: float = 0.0,
+        location: str = "",
     ) -> Fault:
         """Answer the next ``times`` requests under ``path_prefix`` (after skipping ``after``) raw."""
         fault = Fault(
-            path_prefix, status=status, body=body, content_type=content_type, times=times, after=after, delay=delay
+            path_prefix, status=status, body=body, content_type=content_type, times=times, after=after, delay=delay,
+            location=location,
         )
         with self._lock:
             self._faults.append(fault)
@@ -688,7 +692,10 @@ class SparkflySandbox:
                 if fault.delay:
                     # Slept after the state lock is released: a slow answer must not stall others.
                     request.after_unlock.append(lambda: time.sleep(fault.delay))
-                return Response(fault.body, status=fault.status, content_type=fault.content_type)
+                return Response(
+                    fault.body, status=fault.status, content_type=fault.content_type,
+                    headers={"Location": fault.location} if fault.location else None,
+                )
         try:
             handler, args = self._urls.match(path, method=request.method)
             if path.startswith(API_PREFIX + "/"):
