@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: setup run test bench stop-db clean
+.PHONY: setup run test audit bench stop-db clean
 
 # Debian packages the tests and benchmarks need, installed when missing (as root, or via sudo).
 APT_GET := $(if $(filter 0,$(shell id -u)),,sudo) env DEBIAN_FRONTEND=noninteractive apt-get
@@ -32,6 +32,12 @@ test: setup
 	$(call ensure_debian_package,chromium,chromium)
 	SECRET_KEY=collectstatic-only $(BIN)/python manage.py collectstatic --noinput --verbosity 0
 	$(BIN)/python -m pytest
+
+# Known vulnerabilities of the installed dependencies, from PyPI's advisory data (needs network
+# access to pypi.org; not part of `make test` for that reason). --strict fails when any package
+# could not be checked, so a run that cannot reach PyPI never passes as "no known vulnerabilities".
+audit: setup
+	$(BIN)/pip-audit --strict --skip-editable --progress-spinner off
 
 # The ingest benchmark's load generator is wrk (a Debian package), installed when missing.
 bench: setup
