@@ -15,7 +15,9 @@ recorded per channel and type in ``SubscriptionState`` (ref = reference/attentiv
 
 Subscribe asks first. Attentive records a subscribe of someone already subscribed again and,
 for TEXT, texts them that they already are (ref §3: not side-effect idempotent). So a channel on
-which the person is already eligible is not subscribed again; the record says so.
+which the person is already eligible is not subscribed again; the record says so. Calls for
+one person run one at a time (``one_call_per_person``), inline or in jobs, so a second asks
+only once the first has been answered.
 
 Rate limits (ref §5, per token and endpoint): Subscribe 10/s, Unsubscribe 5/s. Every request
 first takes a slot on the shared limiter (``ratelimit.py``) under its endpoint's key, at
@@ -27,16 +29,18 @@ budget (same path; Attentive does not say whether its limit is per path or per o
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import phonenumbers
 from django.conf import settings as django_settings
 from django.core.exceptions import ValidationError
 from django.core.validators import validate_email
-from django.db import transaction
+from django.db import connection, transaction
 from procrastinate import exceptions as procrastinate_exceptions
 
 from attentive_sync import ratelimit
@@ -201,7 +205,40 @@ def rate_limited_call(client: AttentiveClient, path: str, send: Callable[[], obj
 
 # --- the services ---------------------------------------------------------------------------------
 
+# The advisory-lock space of one person's subscription calls (PostgreSQL's two-key form, apart
+# from the single-key locks taken elsewhere); the second key is the clientUserId's hash.
+PERSON_LOCK_SPACE = 0x41545453
 
+
+@contextmanager
+def one_call_per_person(client_user_id: str) -> Iterator[None]:
+    """Hold the person's lock (waiting for it) while Attentive is asked and answered: without
+    it, a double click's two subscribes would both see "not subscribed" and both send (and
+    Attentive would text the person twice). Held on the connection, not in a transaction, as
+    these services run outside one; a process that dies releases it with its connection."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_lock(%s, hashtext(%s))", [PERSON_LOCK_SPACE, client_user_id])
+    try:
+        yield
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))", [PERSON_LOCK_SPACE, client_user_id])
+
+
+def _one_person_at_a_time(service):
+    """Run ``service(contact, …)`` under the person's lock: the second of two calls starts
+    from what the first one recorded and Attentive answered."""
+
+    @functools.wraps(service)
+    def serialized(contact: Contact, **options):
+        with one_call_per_person(contact.client_user_id):
+            return service(contact, **options)
+
+    return serialized
+
+
+
+@_one_person_at_a_time
 def check_eligibility(contact: Contact, *, client: AttentiveClient, channels: Iterable[str] = CHANNELS) -> list[Result]:
     """Ask Attentive which subscriptions the person has on ``channels`` and whether each is
     eligible; record every channel and type."""
@@ -211,6 +248,7 @@ def check_eligibility(contact: Contact, *, client: AttentiveClient, channels: It
         return _record_eligibility(contact, wanted, answer, action=Action.ELIGIBILITY)
 
 
+@_one_person_at_a_time
 def subscribe(
     contact: Contact,
     *,
@@ -257,6 +295,7 @@ def subscribe(
     return results
 
 
+@_one_person_at_a_time
 def unsubscribe(contact: Contact, *, client: AttentiveClient, channels: Iterable[str]) -> list[Result]:
     """Unsubscribe the person from every subscription on ``channels`` (TEXT: by phone, EMAIL:
     by email). Attentive sends its usual confirmation (for TEXT, a text)."""

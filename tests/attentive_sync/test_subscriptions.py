@@ -230,6 +230,26 @@ def _in_threads(work, count: int) -> None:
     assert not errors, errors
 
 
+def test_a_double_click_subscribes_once_and_the_second_sees_the_first(configured, ada):
+    """Two subscribes of one person at once (a double click, or a click while her job runs):
+    without a per-person lock both would see "not subscribed" (a slow Attentive widens the
+    window) and both send, and Attentive would text her twice."""
+    configured.sandbox.latency_ms = 150
+    start = threading.Barrier(2)
+    results = {}
+
+    def click(index):
+        client = subscriptions.client_from_settings()
+        start.wait()
+        results[index] = subscribe(ada, client=client, channels=[TEXT])
+
+    _in_threads(click, 2)
+
+    assert posts(configured, SUBSCRIPTIONS_PATH) == 1
+    notes = sorted(result.note for outcome in results.values() for result in outcome)
+    assert notes == ["", ALREADY_SUBSCRIBED]
+
+
 def test_the_shared_limiter_keeps_bursts_under_attentives_10_and_5_per_second(configured):
     """Three workers at once, each with its own connection and client: the sandbox, which
     answers 429 past 10 subscribes or 5 unsubscribes in any second, refuses none."""
