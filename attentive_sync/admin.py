@@ -512,6 +512,20 @@ class SegmentPushAdmin(ReadOnlyRecordAdmin):
         "segment_external_id", "state", "criteria", "total", "batch_size", "batches_sent", "members_sent",
         "requested_at", "finished_at", "errors", "attentive_jobs",
     )
+    actions = ["resume"]
+
+    def has_resend_permission(self, request):
+        # Resuming sends to Attentive: the change permission view-only staff lack.
+        return request.user.has_perm(f"{self.opts.app_label}.{get_permission_codename('change', self.opts)}")
+
+    @admin.action(description="Resume after the last accepted batch", permissions=["resend"])
+    def resume(self, request, queryset):
+        resumed = sum(segments.segment_push_resume(push=push) for push in queryset[:MAX_ACTION_ROWS])
+        if resumed:
+            self.message_user(request, f"Queued {resumed} segment pushes to resume.", messages.SUCCESS)
+        else:
+            self.message_user(request, "Nothing queued: those pushes were sent, or their job is still waiting or running.",
+                              messages.WARNING)
 
     @admin.display(description="Attentive's bulk jobs")
     def attentive_jobs(self, push):

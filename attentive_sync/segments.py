@@ -6,7 +6,10 @@
   of members: the source turns the criteria into pages of ``(key, {email, phone, clientUserId})``
   after a key, so a push that stopped resumes after the last batch Attentive accepted.
 * One background job sends the batches, at most ``SEGMENT_MEMBERS_MAX`` (10,000) members each,
-  each request on the shared limiter (per key and endpoint, Attentive's 100 a second).
+  each request on the shared limiter (per key and endpoint, Attentive's 100 a second). A job
+  whose worker died is put back by the stalled-job retry; a push whose job gave up (an outage
+  past its retries) is marked failed with the reason; either can be resumed from the admin
+  (``segment_push_resume``), after the last accepted batch.
 * Attentive processes each batch later; its job's status is read when someone looks
   (``job_statuses``), not stored: it changes at Attentive.
 
@@ -63,9 +66,6 @@ class SegmentPush(models.Model):
 def segment_push_create(*, segment_external_id: str, source: str, criteria: dict, total: int,
                         batch_size: int = SEGMENT_MEMBERS_MAX) -> SegmentPush:
     """Record the push and queue its job, in one transaction."""
-    from attentive_sync import tasks
-    from attentive_sync.jobs import in_transaction
-
     if not 1 <= batch_size <= SEGMENT_MEMBERS_MAX:
         raise ValueError(f"batch_size must be 1 to {SEGMENT_MEMBERS_MAX:,}")
     import_string(source)  # a wrong source fails here, in front of the admin, not in the worker
@@ -74,7 +74,50 @@ def segment_push_create(*, segment_external_id: str, source: str, criteria: dict
             segment_external_id=segment_external_id, source=source, criteria=criteria, total=total,
             batch_size=batch_size,
         )
-        in_transaction(tasks.push_segment.configure(lock=f"segment-push-{push.pk}")).defer(push_id=push.pk)
+        _queue_push(push)
+    return push
+
+
+def _job_lock(push: SegmentPush) -> str:
+    return f"segment-push-{push.pk}"
+
+
+def _queue_push(push: SegmentPush) -> None:
+    """The push's one job, on the caller's transaction; two never run at once."""
+    from attentive_sync import tasks
+    from attentive_sync.jobs import queue_once
+
+    queue_once(tasks.push_segment, queueing_lock=_job_lock(push), exclusive=True, push_id=push.pk)
+
+
+def segment_push_resume(*, push: SegmentPush) -> bool:
+    """Queue a push again from after the last batch Attentive accepted: one that failed (an
+    outage that outlasted its job's retries, a refusal whose cause was fixed), or one left
+    queued or sending by a job that is gone (a killed worker's job is put back). False when it
+    was sent, or its job still waits or runs."""
+    from attentive_sync.jobs import job_of, retry_stalled
+
+    with transaction.atomic():
+        locked = SegmentPush.objects.select_for_update().get(pk=push.pk)
+        job, job_id = job_of(_job_lock(locked))
+        if locked.state == SegmentPush.State.SENT or job in ("waiting", "running"):
+            return False
+        locked.state, locked.finished_at = SegmentPush.State.QUEUED, None
+        locked.save(update_fields=["state", "finished_at"])
+        if job == "stalled":
+            retry_stalled(job_id)  # a second job could not start while the dead one holds the lock
+        else:
+            _queue_push(locked)
+    return True
+
+
+def segment_push_give_up(push_id: int, *, reason: str) -> SegmentPush:
+    """Mark a push that cannot go on failed, with the reason (it can be resumed later)."""
+    with transaction.atomic():
+        push = SegmentPush.objects.select_for_update().get(pk=push_id)
+        if push.state != SegmentPush.State.SENT:
+            push.state, push.finished_at, push.errors = SegmentPush.State.FAILED, timezone.now(), [*push.errors, reason]
+            push.save(update_fields=["state", "finished_at", "errors"])
     return push
 
 

@@ -120,18 +120,26 @@ def link_identities(timestamp: int | None = None) -> None:
         identity.queue_link_job()
 
 
-@app.task(name="attentive_sync.push_segment", queue="contacts", retry=_TRANSIENT_RETRY)
-def push_segment(push_id: int) -> None:
+@app.task(name="attentive_sync.push_segment", queue="contacts", retry=_TRANSIENT_RETRY, pass_context=True)
+def push_segment(context, push_id: int) -> None:
     """Send a segment push's remaining batches; an outage raises, so procrastinate tries again
-    and the push resumes after the last batch Attentive accepted."""
-    from attentive_sync.segments import SegmentPush, segment_push_send
+    and the push resumes after the last batch Attentive accepted. After the last try the push
+    is marked failed, not left "sending" with no job to finish it."""
+    from attentive_sync.segments import segment_push_give_up, segment_push_send
 
     from attentive_sync import subscriptions
 
     try:
         client = subscriptions.client_from_settings()
     except subscriptions.NotConfigured as exc:  # recorded on the push, final
-        SegmentPush.objects.filter(pk=push_id).update(state=SegmentPush.State.FAILED, errors=[str(exc)])
+        segment_push_give_up(push_id, reason=str(exc))
         return
-    push = segment_push_send(push_id, client=client)
+    try:
+        push = segment_push_send(push_id, client=client)
+    except tuple(_TRANSIENT_RETRY.retry_exceptions) as exc:
+        if context.job.attempts >= _TRANSIENT_RETRY.max_attempts:  # procrastinate will not try again
+            segment_push_give_up(push_id, reason=(
+                f"Attentive still failing after {context.job.attempts + 1} tries ({exc}); resume the push once it answers."
+            ))
+        raise
     logger.info("%s: %s, %d batches sent", push, push.state, push.batches_sent)

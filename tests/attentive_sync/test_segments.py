@@ -140,6 +140,60 @@ def test_a_push_stopped_by_an_outage_resumes_after_the_last_accepted_batch(confi
 
 
 @pytest.mark.django_db(transaction=True)
+def test_a_push_left_sending_by_a_job_that_is_gone_is_resumed_after_the_last_accepted_batch(configured):
+    push = SegmentPush.objects.create(
+        segment_external_id="loyalty_gold", source=SOURCE, criteria={"count": 25_000}, total=25_000,
+        state=SegmentPush.State.SENDING, batches_sent=1, members_sent=10_000, last_key=10_000, job_ids=["job-1"],
+    )
+
+    assert segments.segment_push_resume(push=push) is True
+    assert segments.segment_push_resume(push=push) is False  # its job waits already
+    run_worker_until_idle(["contacts"])
+
+    push.refresh_from_db()
+    assert (push.state, push.batches_sent, push.members_sent) == (SegmentPush.State.SENT, 3, 25_000)
+    assert configured.sandbox.count_requests(SEGMENT_MEMBERS_PATH, "POST") == 2
+    assert segments.segment_push_resume(push=push) is False  # sent
+
+
+@pytest.mark.django_db
+def test_resuming_a_push_whose_worker_died_puts_that_job_back(configured):
+    from django.db import connection
+    from procrastinate.contrib.django.models import ProcrastinateJob
+
+    push = segments.segment_push_create(segment_external_id="loyalty_gold", source=SOURCE, criteria={"count": 5}, total=5)
+    job = ProcrastinateJob.objects.get()
+    with connection.cursor() as cursor:  # taken by a worker that then died
+        cursor.execute("UPDATE procrastinate_jobs SET status = 'doing', worker_id = NULL WHERE id = %s", [job.pk])
+    SegmentPush.objects.filter(pk=push.pk).update(state=SegmentPush.State.SENDING)
+
+    assert segments.segment_push_resume(push=push) is True
+
+    assert [(j.pk, j.status) for j in ProcrastinateJob.objects.all()] == [(job.pk, "todo")]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_push_whose_job_ran_out_of_tries_is_failed_with_the_reason_not_left_sending(configured):
+    from types import SimpleNamespace
+
+    from attentive_sync import tasks
+
+    configured.sandbox.inject_fault(SEGMENT_MEMBERS_PATH, status=503, times=100)
+    push = SegmentPush.objects.create(segment_external_id="loyalty_gold", source=SOURCE, criteria={"count": 5}, total=5)
+    last_try = SimpleNamespace(job=SimpleNamespace(attempts=tasks._TRANSIENT_RETRY.max_attempts))
+
+    with pytest.raises(AttentiveError):
+        tasks.push_segment.func(last_try, push_id=push.pk)
+
+    push.refresh_from_db()
+    assert push.state == SegmentPush.State.FAILED and push.finished_at is not None
+    assert push.errors[-1].startswith("Attentive still failing after 6 tries (")
+    assert push.errors[-1].endswith("resume the push once it answers.")
+    configured.sandbox.clear_faults()
+    assert segments.segment_push_resume(push=push) is True
+
+
+@pytest.mark.django_db(transaction=True)
 def test_a_refused_batch_fails_the_push_with_attentives_words(configured):
     push = SegmentPush.objects.create(
         segment_external_id="not_there", source=SOURCE, criteria={"count": 10}, total=10,
