@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 
-from django.db.models import Exists, OuterRef, QuerySet
+from django.db.models import Case, CharField, Exists, F, OuterRef, Q, QuerySet, Value, When
 from django.utils import timezone
 
 from attentive_sync.models import SubscriptionState
@@ -112,16 +112,39 @@ _UPLOAD_FIELDS = ("phone", "email", "first_name", "last_name", "identifier")
 
 def attentive_upload_rows(queryset: QuerySet, *, chunk_size: int = 2000) -> Iterator[tuple]:
     """The rows of Attentive's subscriber upload, from a server-side cursor (PostgreSQL fetches
-    ``chunk_size`` at a time), so a million members take the memory of one chunk. Members with
-    neither phone nor email are left out: Attentive cannot subscribe them."""
+    ``chunk_size`` at a time), so a million members take the memory of one chunk.
+
+    An upload subscribes the people in it, so someone unsubscribed through the portal must not
+    be in it by the channel they left: the phone of a member unsubscribed from text (and not
+    subscribed to it again since) is left empty, likewise the email of one unsubscribed from
+    email. Members left with neither phone nor email are left out: Attentive cannot subscribe them."""
     rows = (
-        queryset.exclude(phone="", email="")
+        queryset.annotate(
+            upload_phone=Case(
+                When(_unsubscribed_from(SubscriptionState.Channel.TEXT), then=Value("")), default=F("phone"),
+                output_field=CharField(),
+            ),
+            upload_email=Case(
+                When(_unsubscribed_from(SubscriptionState.Channel.EMAIL), then=Value("")), default=F("email"),
+                output_field=CharField(),
+            ),
+        )
+        .exclude(upload_phone="", upload_email="")
         .order_by("pk")
-        .values_list(*_UPLOAD_FIELDS)
+        .values_list("upload_phone", "upload_email", *_UPLOAD_FIELDS[2:])
         .iterator(chunk_size=chunk_size)
     )
     yield ATTENTIVE_UPLOAD_COLUMNS
     yield from rows
+
+
+def _unsubscribed_from(channel: str) -> Q:
+    """The member (by identifier, the clientUserId) was unsubscribed from ``channel`` and has no
+    subscription on it now."""
+    on_channel = SubscriptionState.objects.filter(client_user_id=OuterRef("identifier"), channel=channel)
+    return Q(Exists(on_channel.filter(status=SubscriptionState.Status.UNSUBSCRIBED))) & ~Q(
+        Exists(on_channel.filter(status=SubscriptionState.Status.SUBSCRIBED))
+    )
 
 
 def segment_contacts(criteria: dict, *, after: int, limit: int) -> list[tuple[int, dict]]:

@@ -123,6 +123,29 @@ def test_the_export_of_ticked_members_has_only_them_with_csv_quoting(admin_clien
 
 
 @pytest.mark.django_db
+def test_the_export_leaves_out_the_channels_people_unsubscribed_from(admin_client, loyalty):
+    def state(member: int, channel: str, sub_type: str, status: str) -> None:
+        SubscriptionState.objects.update_or_create(
+            client_user_id=f"member-{member:06d}", channel=channel, subscription_type=sub_type,
+            defaults={"address": "x", "status": status, "last_action": "unsubscribe"},
+        )
+
+    unsubscribed, subscribed = SubscriptionState.Status.UNSUBSCRIBED, SubscriptionState.Status.SUBSCRIBED
+    state(1, "TEXT", "MARKETING", unsubscribed)  # left text only: exported by email
+    state(2, "TEXT", "MARKETING", unsubscribed)  # left both: not exported
+    state(2, "EMAIL", "MARKETING", unsubscribed)
+    state(3, "TEXT", "TRANSACTIONAL", unsubscribed)  # subscribed again since (another type): kept
+    state(3, "TEXT", "MARKETING", subscribed)
+
+    rows = list(csv.reader(io.StringIO(b"".join(export(admin_client).streaming_content).decode())))[1:]
+
+    by_member = {row[4]: row for row in rows}
+    assert sorted(by_member) == [f"member-{n:06d}" for n in (1, 3, 4, 5, 6)]
+    assert by_member["member-000001"][:2] == ["", "m1@example.com"]
+    assert by_member["member-000003"][:2] == ["+14150000003", "m3@example.com"]
+
+
+@pytest.mark.django_db
 def test_100000_members_export_in_constant_memory_with_the_exact_rows(admin_client):
     make_members(100_000)
     response = export(admin_client)
