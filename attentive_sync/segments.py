@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import time
 
-from django.db import models, transaction
+from django.db import IntegrityError, models, transaction
 from django.utils import timezone
 from django.utils.module_loading import import_string
 
@@ -54,6 +54,8 @@ class SegmentPush(models.Model):
     errors = models.JSONField(default=list, blank=True)
     requested_at = models.DateTimeField(default=timezone.now)
     finished_at = models.DateTimeField(null=True, blank=True)
+    # The admin form's key: a double submit (or a resubmitted page) records one push.
+    idempotency_key = models.UUIDField("idempotency key", null=True, blank=True, unique=True, editable=False)
 
     class Meta:
         app_label = "attentive_sync"
@@ -64,18 +66,31 @@ class SegmentPush(models.Model):
 
 
 def segment_push_create(*, segment_external_id: str, source: str, criteria: dict, total: int,
-                        batch_size: int = SEGMENT_MEMBERS_MAX) -> SegmentPush:
-    """Record the push and queue its job, in one transaction."""
+                        batch_size: int = SEGMENT_MEMBERS_MAX, idempotency_key=None) -> SegmentPush:
+    """Record the push and queue its job, in one transaction. A push already recorded with
+    ``idempotency_key`` is returned instead, nothing queued."""
     if not 1 <= batch_size <= SEGMENT_MEMBERS_MAX:
         raise ValueError(f"batch_size must be 1 to {SEGMENT_MEMBERS_MAX:,}")
     import_string(source)  # a wrong source fails here, in front of the admin, not in the worker
-    with transaction.atomic():
-        push = SegmentPush.objects.create(
-            segment_external_id=segment_external_id, source=source, criteria=criteria, total=total,
-            batch_size=batch_size,
-        )
-        _queue_push(push)
+    if idempotency_key and (existing := segment_push_by_key(idempotency_key)):
+        return existing
+    try:
+        with transaction.atomic():
+            push = SegmentPush.objects.create(
+                segment_external_id=segment_external_id, source=source, criteria=criteria, total=total,
+                batch_size=batch_size, idempotency_key=idempotency_key,
+            )
+            _queue_push(push)
+    except IntegrityError:  # the same key submitted at the same moment: that push is this one
+        if idempotency_key and (existing := segment_push_by_key(idempotency_key)):
+            return existing
+        raise
     return push
+
+
+def segment_push_by_key(idempotency_key) -> SegmentPush | None:
+    """The push recorded with this form key, if any (a selector)."""
+    return SegmentPush.objects.filter(idempotency_key=idempotency_key).first()
 
 
 def _job_lock(push: SegmentPush) -> str:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import json
+import uuid
 
 from django import forms
 from django.conf import settings
@@ -135,6 +136,8 @@ def attentive_csv_response(queryset, *, filename: str) -> StreamingHttpResponse:
 
 
 class SegmentPushForm(forms.Form):
+    # New on each page shown: a double submit (or the page sent again) records one push.
+    idempotency_key = forms.UUIDField(widget=forms.HiddenInput)
     segment_external_id = forms.CharField(
         label="Segment externalId", max_length=255,
         help_text="The externalId of the Attentive segment to add the members to.",
@@ -180,7 +183,8 @@ class SegmentAdminMixin:
     def push_attentive_segment(self, request, queryset):
         from attentive_sync.subscriptions import NotConfigured, client_from_settings
 
-        form = SegmentPushForm(request.POST if request.POST.get("confirmed") == "yes" else None)
+        confirmed = request.POST.get("confirmed") == "yes"
+        form = SegmentPushForm(request.POST if confirmed else None, initial={"idempotency_key": uuid.uuid4()})
         count = queryset.count()
         # The whole list narrowed only by the segment filters travels as criteria (a million
         # members stay a few bytes); ticked rows, a search or other filters as the members' keys.
@@ -208,6 +212,9 @@ class SegmentAdminMixin:
                 "select_across": request.POST.get("select_across", "0"),
             }
             return TemplateResponse(request, "admin/sparkfly_sync/member/attentive_segment_push.html", context)
+        if pushed := segments.segment_push_by_key(form.cleaned_data["idempotency_key"]):
+            self.message_user(request, f"{pushed} was already queued by this form; it was not pushed again.", messages.INFO)
+            return HttpResponseRedirect(reverse("admin:attentive_sync_segmentpush_change", args=[pushed.pk]))
         external_id = form.cleaned_data["segment_external_id"].strip()
         if name := form.cleaned_data["create_with_name"].strip():
             try:
@@ -224,7 +231,7 @@ class SegmentAdminMixin:
             criteria = {"members": sorted(queryset.values_list("pk", flat=True))}
         push = segments.segment_push_create(
             segment_external_id=external_id, source="sparkfly_sync.selectors.segment_contacts",
-            criteria=criteria, total=count,
+            criteria=criteria, total=count, idempotency_key=form.cleaned_data["idempotency_key"],
         )
         self.message_user(request, f"{push} queued: {count:,} members.", messages.SUCCESS)
         return HttpResponseRedirect(reverse("admin:attentive_sync_segmentpush_change", args=[push.pk]))

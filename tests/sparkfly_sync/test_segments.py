@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import io
 import tracemalloc
+import uuid
 
 import pytest
 from django.contrib.admin import helpers
@@ -203,7 +204,8 @@ def test_the_whole_filtered_list_is_pushed_in_batches_of_at_most_10000(admin_cli
     pushed = admin_client.post(
         CHANGELIST + "?program=100",
         {"action": "push_attentive_segment", "index": 0, "select_across": "1", helpers.ACTION_CHECKBOX_NAME: ["all"],
-         "confirmed": "yes", "segment_external_id": "coffee_club", "create_with_name": "Coffee Club members"},
+         "confirmed": "yes", "segment_external_id": "coffee_club", "create_with_name": "Coffee Club members",
+         "idempotency_key": str(uuid.uuid4())},
     )
     push = SegmentPush.objects.get()
     assert pushed["Location"] == reverse("admin:attentive_sync_segmentpush_change", args=[push.pk])
@@ -230,7 +232,7 @@ def test_ticked_members_are_pushed_by_their_keys(admin_client, attentive):
     admin_client.post(
         CHANGELIST,
         {"action": "push_attentive_segment", "index": 0, helpers.ACTION_CHECKBOX_NAME: ticked,
-         "confirmed": "yes", "segment_external_id": "vip"},
+         "confirmed": "yes", "segment_external_id": "vip", "idempotency_key": str(uuid.uuid4())},
     )
     run_worker_until_idle(["contacts"])
     push = SegmentPush.objects.get()
@@ -239,6 +241,27 @@ def test_ticked_members_are_pushed_by_their_keys(admin_client, attentive):
         (("clientUserId", f"member-00000{n}"), ("email", f"m{n}@example.com"), ("phone", f"+1415000000{n}"))
         for n in (2, 3)
     }
+
+
+@pytest.mark.django_db
+def test_a_double_submitted_push_form_records_one_push_and_creates_the_segment_once(admin_client, attentive):
+    from procrastinate.contrib.django.models import ProcrastinateJob
+
+    make_members(3)
+    asked = admin_client.post(CHANGELIST, {"action": "push_attentive_segment", "index": 0, "select_across": "1",
+                                           helpers.ACTION_CHECKBOX_NAME: ["all"]})
+    key = asked.context["form"]["idempotency_key"].value()
+    assert f'name="idempotency_key" value="{key}"' in asked.content.decode()
+    submit = {"action": "push_attentive_segment", "index": 0, "select_across": "1", helpers.ACTION_CHECKBOX_NAME: ["all"],
+              "confirmed": "yes", "segment_external_id": "twice", "create_with_name": "Twice", "idempotency_key": key}
+
+    first = admin_client.post(CHANGELIST, submit)
+    second = admin_client.post(CHANGELIST, submit)
+
+    push = SegmentPush.objects.get()
+    assert first["Location"] == second["Location"] == reverse("admin:attentive_sync_segmentpush_change", args=[push.pk])
+    assert ProcrastinateJob.objects.filter(task_name="attentive_sync.push_segment").count() == 1
+    assert attentive.sandbox.count_requests("/v2/segments", "POST") == 1
 
 
 # --- a one-off text from the member page ------------------------------------------------------------
