@@ -20,6 +20,8 @@ from django.contrib.postgres.fields import ArrayField
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
+from django.db.models import F
+from django.db.models.fields.json import KT
 from encrypted_fields.fields import EncryptedCharField
 
 from attentive_sync.client import PRODUCTION_URL
@@ -181,7 +183,15 @@ class Delivery(models.Model):
     class Meta:
         verbose_name_plural = "deliveries"
         ordering = ["-created_at"]
-        indexes = [models.Index(fields=["status", "next_attempt_at"], name="delivery_due")]
+        indexes = [
+            models.Index(fields=["status", "next_attempt_at"], name="delivery_due"),
+            # A person's deliveries, newest first (the portal's member page): every payload
+            # names its person by the clientUserId the caller gave.
+            models.Index(
+                KT("payload__user__externalIdentifiers__clientUserId"), F("created_at").desc(),
+                name="delivery_client_user_recent",
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"{self.event_type} {self.external_event_id} ({self.status})"

@@ -30,6 +30,7 @@ from django.conf import settings
 from django.contrib.postgres.fields import ArrayField
 from django.contrib.postgres.indexes import GinIndex
 from django.db import models
+from django.db.models.functions import Collate
 from encrypted_fields.fields import EncryptedCharField
 
 
@@ -69,6 +70,12 @@ class Member(SparkflyMirror):
 
     class Meta:
         ordering = ["-sparkfly_id"]
+        indexes = [
+            # Prefix searches in byte order whatever the database's collation (the portal's
+            # member search): ``LIKE 'abc%'`` and ``ORDER BY`` on one index, read until enough.
+            models.Index(Collate("identifier", "C"), name="member_identifier_bytes"),
+            models.Index(Collate("email", "C"), name="member_email_bytes"),
+        ]
 
     def __str__(self) -> str:
         return self.identifier
@@ -440,7 +447,12 @@ class Redemption(ForwardedRecord):
     forwarded_at = models.DateTimeField(null=True, blank=True)
 
     class Meta(ForwardedRecord.Meta):
-        pass
+        indexes = [
+            # A member's redemptions by the external id the callback named (the portal's member page).
+            models.Index(fields=["sf_uid"], name="redemption_sf_uid"),
+            # An offer's redemptions per day, counted from the index alone (the portal's offer page).
+            models.Index(fields=["offer_id", "redeemed_at"], name="redemption_offer_day"),
+        ]
 
     def __str__(self) -> str:
         return f"Redemption of credential {self.credential_id} (offer {self.offer_id}) at {self.redeemed_at:%Y-%m-%d %H:%M:%S}"
@@ -572,6 +584,8 @@ class IssuanceRequest(models.Model):
         indexes = [
             models.Index(fields=["state", "-created_at"], name="issuance_state_recent"),
             models.Index(fields=["batch", "state"], name="issuance_batch_state"),
+            # An offer's issuances (the portal's offer page).
+            GinIndex(fields=["offer_ids"], name="issuance_offer_ids_gin"),
             # The sweep's question: issued requests whose events are still to be forwarded.
             models.Index(
                 fields=["finished_at"], name="issuance_events_pending",
