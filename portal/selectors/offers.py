@@ -1,0 +1,126 @@
+"""Read-only queries of the offer pages: the filtered list, and one offer with its channels and
+its issuances and redemptions per day.
+
+Counts come straight from ``Redemption`` (``offer_id``, ``redeemed_at``) and issued
+``IssuanceRequest`` rows until daily rollups exist.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, datetime, time, timedelta
+
+from django.db.models import Count, QuerySet
+from django.db.models.functions import TruncDate
+from django.utils import timezone
+
+from sparkfly_sync import callbacks
+from sparkfly_sync.models import ConversionEndpoint, IssuanceRequest, Offer, OfferChannel, Redemption
+
+ACTIVITY_DAYS = 90
+BIGINT_MAX = 2**63 - 1
+NAME_LONGEST = 255
+
+
+def offer_statuses() -> list[str]:
+    """The statuses Sparkfly documents, then any other the mirror holds (a new one must still
+    be filterable)."""
+    documented = list(Offer.Status.values)
+    held = Offer.objects.exclude(status__in=documented).exclude(status="").order_by().values_list("status", flat=True)
+    return documented + sorted(set(held))
+
+
+def offer_list(*, status: str = "", name: str = "") -> QuerySet[Offer]:
+    """Offers by name, narrowed by exact status and by a part of the name (any case)."""
+    offers = Offer.objects.select_related("merchant").defer("raw", "merchant__raw").order_by("name", "sparkfly_id")
+    if status:
+        offers = offers.filter(status=status)
+    if name:
+        offers = offers.filter(name__icontains=name)
+    return offers
+
+
+@dataclass
+class ChannelRow:
+    link: OfferChannel
+    callback_status: str  # callbacks.SET / PREVIOUS_SECRET / OTHER / MISSING, or "" with no endpoint
+
+    @property
+    def callback_words(self) -> str:
+        if not self.callback_status:
+            return "no: the portal has no conversion endpoint for this channel yet"
+        return callbacks.STATUS_WORDS[self.callback_status]
+
+
+@dataclass
+class DailyActivity:
+    days: list[date]
+    issued: list[int]
+    redeemed: list[int]
+
+    @property
+    def rows(self) -> list[tuple[date, int, int]]:
+        return list(zip(self.days, self.issued, self.redeemed))
+
+    def chart_data(self) -> dict:
+        return {"days": [day.isoformat() for day in self.days], "issued": self.issued, "redeemed": self.redeemed}
+
+
+@dataclass
+class OfferDetail:
+    offer: Offer
+    channels: list[ChannelRow]
+    activity: DailyActivity
+    issued_total: int
+    redeemed_total: int
+
+
+def offer_detail(*, sparkfly_id: int, today: date | None = None) -> OfferDetail | None:
+    """One offer with its channels (and whether each channel calls the portal back), and its
+    issuances and redemptions per day over the last ``ACTIVITY_DAYS`` days; None when unknown."""
+    if not 0 < sparkfly_id <= BIGINT_MAX:
+        return None
+    offer = Offer.objects.select_related("merchant").filter(sparkfly_id=sparkfly_id).first()
+    if offer is None:
+        return None
+    links = list(OfferChannel.objects.filter(offer_id=sparkfly_id).select_related("channel").order_by("channel_id"))
+    endpoints = {
+        endpoint.channel_id: endpoint
+        for endpoint in ConversionEndpoint.objects.filter(channel_id__in=[link.channel_id for link in links])
+    }
+    channels = [
+        ChannelRow(
+            link,
+            callbacks.callback_status(endpoints[link.channel_id], link.channel)
+            if link.channel_id in endpoints and link.channel is not None
+            else "",
+        )
+        for link in links
+    ]
+    today = today or timezone.localdate()
+    first_day = today - timedelta(days=ACTIVITY_DAYS - 1)
+    since = timezone.make_aware(datetime.combine(first_day, time.min))
+    redemptions = Redemption.objects.filter(offer_id=sparkfly_id)
+    issuances = IssuanceRequest.objects.filter(state=IssuanceRequest.State.ISSUED, offer_ids__contains=[sparkfly_id])
+    redeemed = _per_day(redemptions.filter(redeemed_at__gte=since), "redeemed_at")
+    issued = _per_day(issuances.filter(finished_at__gte=since), "finished_at")
+    days = [first_day + timedelta(days=offset) for offset in range(ACTIVITY_DAYS)]
+    return OfferDetail(
+        offer=offer,
+        channels=channels,
+        activity=DailyActivity(
+            days=days, issued=[issued.get(day, 0) for day in days], redeemed=[redeemed.get(day, 0) for day in days]
+        ),
+        issued_total=issuances.count(),
+        redeemed_total=redemptions.count(),
+    )
+
+
+def _per_day(queryset: QuerySet, moment: str) -> dict[date, int]:
+    rows = (
+        queryset.annotate(day=TruncDate(moment, tzinfo=timezone.get_current_timezone()))
+        .order_by()
+        .values("day")
+        .annotate(count=Count("pk"))
+    )
+    return {row["day"]: row["count"] for row in rows}
