@@ -40,6 +40,7 @@ from attentive_sync.models import AttentiveSettings, Delivery, DeliveryAttempt, 
 from attentive_sync.registry import event_types
 from attentive_sync import segments
 from attentive_sync.segments import SegmentPush
+from attentive_sync.texts import TextSend
 from attentive_sync.subscriptions import NotConfigured, client_from_settings as subscriptions_client
 
 # Both actions lock and queue every selected delivery while the admin waits: a few thousand
@@ -550,3 +551,15 @@ class SegmentPushAdmin(ReadOnlyRecordAdmin):
             "{}<table><thead><tr><th>job id</th><th>status</th><th>records</th><th>result file or error</th></tr>"
             "</thead><tbody>{}</tbody></table>", note, rows,
         )
+
+
+@admin.register(TextSend)
+class TextSendAdmin(ReadOnlyRecordAdmin):
+    """The texts sent from the portal, each once, with Attentive's answer."""
+
+    list_display = ("requested_at", "to", "subscription_type", "state", "finished_at")
+    list_filter = ("state", "subscription_type")
+    search_fields = ("to__exact",)
+    fields = readonly_fields = (
+        "to", "subscription_type", "body", "state", "answer", "error", "requested_at", "finished_at", "idempotency_key",
+    )

@@ -149,6 +149,9 @@ class SegmentPushForm(forms.Form):
 
 
 class TextSendForm(forms.Form):
+    # New on each form shown: the same form sent twice (a double click, a refresh that posts
+    # again) sends one text.
+    idempotency_key = forms.UUIDField(widget=forms.HiddenInput)
     body = forms.CharField(label="Text", widget=forms.Textarea(attrs={"rows": 4, "cols": 60}), max_length=1600)
     subscription_type = forms.ChoiceField(
         label="Subscription type", choices=[("TRANSACTIONAL", "transactional"), ("MARKETING", "marketing")],
@@ -263,8 +266,11 @@ class SegmentAdminMixin:
         return format_html('<a class="button" href="{}">Send a text…</a>', url)
 
     def attentive_text_view(self, request, object_id):
+        """The form (GET); a valid POST sends (once per form key) and redirects to this page
+        showing that text's result, so a refresh shows it again rather than sending again."""
         from attentive_sync.errors import AttentiveError
         from attentive_sync.subscriptions import NotConfigured, client_from_settings
+        from attentive_sync.texts import TextSend, text_send
 
         if not settings.ATTENTIVE_TEXT_SEND_ENABLED:
             raise Http404("Sending texts is not enabled for this Attentive key (ATTENTIVE_TEXT_SEND_ENABLED).")
@@ -273,29 +279,45 @@ class SegmentAdminMixin:
         member = self.get_object(request, unquote(object_id))
         if member is None:
             return self._get_obj_does_not_exist_redirect(request, self.opts, object_id)
-        form = TextSendForm(request.POST if request.method == "POST" else None)
-        answer = error = None
+        fresh = {"idempotency_key": uuid.uuid4()}
+        form = TextSendForm(request.POST if request.method == "POST" else None, initial=fresh)
+        error = None
         if not member.phone:
             error = "This member has no phone number to text."
         elif form.is_valid():
             try:
                 client = client_from_settings()
                 try:
-                    answer = client.send_text(
-                        to=member.phone, body=form.cleaned_data["body"],
-                        subscription_type=form.cleaned_data["subscription_type"],
+                    record, _ = text_send(
+                        idempotency_key=form.cleaned_data["idempotency_key"], to=member.phone,
+                        body=form.cleaned_data["body"], subscription_type=form.cleaned_data["subscription_type"],
+                        client=client,
                     )
                 finally:
                     client.session.close()
             except (NotConfigured, AttentiveError) as exc:
                 error = f"Not sent: {exc}"
+            else:
+                return HttpResponseRedirect(f"{request.path}?sent={record.pk}")
+        sent = None
+        if request.method == "GET" and (sent_id := request.GET.get("sent", "")).isdigit():
+            sent = TextSend.objects.filter(pk=int(sent_id), to=member.phone).first()
         context = {
             **self.admin_site.each_context(request),
             "opts": self.opts,
             "title": f"Send a text to {member}",
             "member": member,
             "form": form,
-            "answer": json.dumps(answer, indent=2, ensure_ascii=False) if answer is not None else None,
-            "error": error,
+            "sent": sent,
+            "answer": json.dumps(sent.answer, indent=2, ensure_ascii=False) if sent and sent.state == sent.State.SENT else None,
+            "error": error or _sent_problem(sent),
         }
         return TemplateResponse(request, "admin/sparkfly_sync/member/attentive_text_send.html", context)
+
+
+def _sent_problem(sent) -> str | None:
+    if sent is None or sent.state == sent.State.SENT:
+        return None
+    if sent.state == sent.State.FAILED:
+        return f"Not sent: {sent.error}"
+    return "Attentive has not answered for this text (or the process sending it stopped); it is not sent again."

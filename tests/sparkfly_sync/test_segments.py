@@ -18,6 +18,7 @@ from django.utils import timezone
 from attentive_sync.client import SEGMENT_MEMBERS_PATH
 from attentive_sync.models import AttentiveSettings, SubscriptionState
 from attentive_sync.segments import SegmentPush
+from attentive_sync.texts import TextSend
 from sparkfly_sync.models import LoyaltyEnrollment, LoyaltyProgram, Member
 from sparkfly_sync.selectors import ATTENTIVE_UPLOAD_COLUMNS
 from tests.conftest import run_worker_until_idle
@@ -291,12 +292,21 @@ def test_a_text_is_sent_and_attentives_answer_shown(admin_client, ada, attentive
     page = admin_client.get(reverse("admin:sparkfly_sync_member_change", args=[ada.pk])).content.decode()
     assert f'href="{text_url(ada)}">Send a text…' in page
 
-    sent = admin_client.post(text_url(ada), {"body": "Your points are in!", "subscription_type": "TRANSACTIONAL"})
-    shown = sent.content.decode()
+    form = {"body": "Your points are in!", "subscription_type": "TRANSACTIONAL", "idempotency_key": str(uuid.uuid4())}
+    sent = admin_client.post(text_url(ada), form)
+    assert sent.status_code == 302 and sent["Location"].startswith(text_url(ada) + "?sent=")
+    shown = admin_client.get(sent["Location"]).content.decode()
     assert "Attentive's answer:" in shown and "sandbox-text-1" in shown
-    assert attentive.sandbox.texts == [
-        {"to": "+14150000001", "body": "Your points are in!", "subscriptionType": "TRANSACTIONAL"}
-    ]
+    expected = [{"to": "+14150000001", "body": "Your points are in!", "subscriptionType": "TRANSACTIONAL"}]
+    assert attentive.sandbox.texts == expected
+
+    # A refresh of the result, and the same form sent again (a double click, "resend" after
+    # going back): the same text is shown, none is sent.
+    assert "sandbox-text-1" in admin_client.get(sent["Location"]).content.decode()
+    again = admin_client.post(text_url(ada), form)
+    assert again["Location"] == sent["Location"]
+    assert attentive.sandbox.texts == expected
+    assert TextSend.objects.get().state == TextSend.State.SENT
 
 
 @pytest.mark.django_db
@@ -305,6 +315,7 @@ def test_attentives_refusal_of_a_text_is_shown(admin_client, ada, attentive, set
     attentive.sandbox.inject_fault(
         "/v1/text/send", status=403, body='{"error":{"id":7,"message":"Access denied"}}',
     )
-    shown = admin_client.post(text_url(ada), {"body": "Hi", "subscription_type": "MARKETING"}).content.decode()
+    form = {"body": "Hi", "subscription_type": "MARKETING", "idempotency_key": str(uuid.uuid4())}
+    shown = admin_client.post(text_url(ada), form, follow=True).content.decode()
     assert "Not sent:" in shown and "Access denied" in shown
     assert attentive.sandbox.texts == []
