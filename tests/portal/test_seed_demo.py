@@ -152,3 +152,21 @@ def test_a_database_that_may_hold_real_data_needs_yes(settings, monkeypatch):
 def test_counts_must_be_positive():
     with pytest.raises(CommandError):
         seed("--members", "0", "--redemptions", "10")
+
+
+def index_definitions(*models) -> set[str]:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT indexdef FROM pg_indexes WHERE tablename = ANY(%s)", [[model._meta.db_table for model in models]]
+        )
+        return {definition for (definition,) in cursor.fetchall()}
+
+
+def test_a_big_seed_builds_the_indexes_it_dropped_again():
+    tables = (Member, Credential, LoyaltyEnrollment, Delivery, Redemption)
+    before = index_definitions(*tables)
+
+    seed("--members", "10000", "--redemptions", "10000", "--offers", "5", "--stores", "5", "--days", "5")
+
+    assert index_definitions(*tables) == before
+    assert Member.objects.filter(email="demo.member10@example.com").exists()  # through the rebuilt index
