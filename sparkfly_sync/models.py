@@ -447,12 +447,8 @@ class Redemption(ForwardedRecord):
     forwarded_at = models.DateTimeField(null=True, blank=True)
 
     class Meta(ForwardedRecord.Meta):
-        indexes = [
-            # A member's redemptions by the external id the callback named (the portal's member page).
-            models.Index(fields=["sf_uid"], name="redemption_sf_uid"),
-            # An offer's redemptions per day, counted from the index alone (the portal's offer page).
-            models.Index(fields=["offer_id", "redeemed_at"], name="redemption_offer_day"),
-        ]
+        # A member's redemptions by the external id the callback named (the portal's member page).
+        indexes = [models.Index(fields=["sf_uid"], name="redemption_sf_uid")]
 
     def __str__(self) -> str:
         return f"Redemption of credential {self.credential_id} (offer {self.offer_id}) at {self.redeemed_at:%Y-%m-%d %H:%M:%S}"
@@ -584,8 +580,6 @@ class IssuanceRequest(models.Model):
         indexes = [
             models.Index(fields=["state", "-created_at"], name="issuance_state_recent"),
             models.Index(fields=["batch", "state"], name="issuance_batch_state"),
-            # An offer's issuances (the portal's offer page).
-            GinIndex(fields=["offer_ids"], name="issuance_offer_ids_gin"),
             # The sweep's question: issued requests whose events are still to be forwarded.
             models.Index(
                 fields=["finished_at"], name="issuance_events_pending",

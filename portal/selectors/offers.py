@@ -1,21 +1,22 @@
 """Read-only queries of the offer pages: the filtered list, and one offer with its channels and
 its issuances and redemptions per day.
 
-Counts come straight from ``Redemption`` (``offer_id``, ``redeemed_at``) and issued
-``IssuanceRequest`` rows until daily rollups exist.
+Counts come from the dashboard's daily rollups (``portal.rollups``, program "all", dimension
+"offer"): what the dashboard shows for the offer, as of the rollups' last refresh.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta
+from datetime import date, datetime, timedelta
 
-from django.db.models import Count, QuerySet
-from django.db.models.functions import TruncDate
+from django.db.models import QuerySet, Sum
 from django.utils import timezone
 
+from portal.models import DailyActivity
+from portal.selectors.dashboard import rollups_as_of
 from sparkfly_sync import callbacks
-from sparkfly_sync.models import ConversionEndpoint, IssuanceRequest, Offer, OfferChannel, Redemption
+from sparkfly_sync.models import ConversionEndpoint, Offer, OfferChannel
 
 ACTIVITY_DAYS = 90
 BIGINT_MAX = 2**63 - 1
@@ -53,7 +54,7 @@ class ChannelRow:
 
 
 @dataclass
-class DailyActivity:
+class Activity:
     days: list[date]
     issued: list[int]
     redeemed: list[int]
@@ -70,9 +71,10 @@ class DailyActivity:
 class OfferDetail:
     offer: Offer
     channels: list[ChannelRow]
-    activity: DailyActivity
+    activity: Activity
     issued_total: int
     redeemed_total: int
+    as_of: datetime | None  # the rollups' last refresh; None before the first
 
 
 def offer_detail(*, sparkfly_id: int, today: date | None = None) -> OfferDetail | None:
@@ -99,28 +101,27 @@ def offer_detail(*, sparkfly_id: int, today: date | None = None) -> OfferDetail 
     ]
     today = today or timezone.localdate()
     first_day = today - timedelta(days=ACTIVITY_DAYS - 1)
-    since = timezone.make_aware(datetime.combine(first_day, time.min))
-    redemptions = Redemption.objects.filter(offer_id=sparkfly_id)
-    issuances = IssuanceRequest.objects.filter(state=IssuanceRequest.State.ISSUED, offer_ids__contains=[sparkfly_id])
-    redeemed = _per_day(redemptions.filter(redeemed_at__gte=since), "redeemed_at")
-    issued = _per_day(issuances.filter(finished_at__gte=since), "finished_at")
+    rollups = DailyActivity.objects.filter(
+        program_id=DailyActivity.ALL_PROGRAMS, dimension=DailyActivity.Dimension.OFFER, key=sparkfly_id
+    )
+    per_day = {
+        day: (issued, redeemed)
+        for day, issued, redeemed in rollups.filter(day__gte=first_day, day__lte=today)
+        .values_list("day", "issuances", "redemptions")
+    }
+    totals = rollups.aggregate(issued=Sum("issuances", default=0), redeemed=Sum("redemptions", default=0))
     days = [first_day + timedelta(days=offset) for offset in range(ACTIVITY_DAYS)]
     return OfferDetail(
         offer=offer,
         channels=channels,
-        activity=DailyActivity(
-            days=days, issued=[issued.get(day, 0) for day in days], redeemed=[redeemed.get(day, 0) for day in days]
+        activity=Activity(
+            days=days,
+            issued=[per_day.get(day, (0, 0))[0] for day in days],
+            redeemed=[per_day.get(day, (0, 0))[1] for day in days],
         ),
-        issued_total=issuances.count(),
-        redeemed_total=redemptions.count(),
+        issued_total=totals["issued"],
+        redeemed_total=totals["redeemed"],
+        as_of=rollups_as_of(),
     )
 
 
-def _per_day(queryset: QuerySet, moment: str) -> dict[date, int]:
-    rows = (
-        queryset.annotate(day=TruncDate(moment, tzinfo=timezone.get_current_timezone()))
-        .order_by()
-        .values("day")
-        .annotate(count=Count("pk"))
-    )
-    return {row["day"]: row["count"] for row in rows}

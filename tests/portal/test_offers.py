@@ -11,6 +11,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
+from portal.rollups import rollups_refresh
 from sparkfly_sync import callbacks
 from sparkfly_sync.models import (
     Channel,
@@ -163,7 +164,7 @@ def test_the_offer_page_shows_each_channel_with_its_xid_and_callback_status(coff
     assert "no conversion endpoint for this channel" in body
 
 
-def test_the_offer_page_counts_issuances_and_redemptions_per_day_for_ninety_days(coffee, program_manager_client):
+def test_the_offer_page_counts_issuances_and_redemptions_per_day_for_ninety_days_from_the_rollups(coffee, program_manager_client):
     today = timezone.localdate()
     redeemed(77, NOW)
     redeemed(77, NOW)
@@ -173,6 +174,7 @@ def test_the_offer_page_counts_issuances_and_redemptions_per_day_for_ninety_days
     issued([77, 78], NOW - timedelta(days=3))
     issued([77], NOW - timedelta(days=3), state=IssuanceRequest.State.REFUSED)
     issued([78], NOW)
+    rollups_refresh()
     response = program_manager_client.get("/offers/77/")
     detail = response.context["detail"]
     assert (detail.redeemed_total, detail.issued_total) == (4, 1)
@@ -186,11 +188,19 @@ def test_the_offer_page_counts_issuances_and_redemptions_per_day_for_ninety_days
     assert json.loads(embedded) == data
     assert "/static/portal/offer.js" in body and "chart.umd.min.js" in body
     assert body.count("<script") == 3  # json_script and the two script files
+    assert "As of" in body
+
+
+def test_before_the_first_rollup_refresh_the_offer_page_says_its_figures_are_not_computed_yet(coffee, program_manager_client):
+    redeemed(77, NOW)
+    response = program_manager_client.get("/offers/77/")
+    assert response.context["detail"].redeemed_total == 0
+    assert b"have not been computed yet" in response.content
 
 
 def test_the_offer_page_costs_the_same_queries_however_many_channels(coffee_on_channels, program_manager_client, django_assert_max_num_queries):
-    # session, user, permissions (2), offer, channels, endpoints, two per-day counts, two totals
-    with django_assert_max_num_queries(11):
+    # session, user, permissions (2), offer, channels, endpoints, rollups per day, totals, as of
+    with django_assert_max_num_queries(10):
         program_manager_client.get("/offers/77/")
 
 
