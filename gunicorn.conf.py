@@ -21,10 +21,14 @@ import os
 import sys
 from pathlib import Path
 
+import environ
 from gunicorn.glogging import Logger
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT))
 from portal.logs import RedactCallbackSecrets  # noqa: E402 — needs the project on sys.path
+
+environ.Env.read_env(ROOT / ".env", overwrite=False)  # as the settings do: the environment wins
 
 
 def _int(name: str, default: int) -> int:
