@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from axes import admin as axes_admin
+from axes.models import AccessAttempt
 from django.contrib import admin
 from procrastinate.contrib.django import admin as procrastinate_admin
 from procrastinate.contrib.django.models import ProcrastinateJob
@@ -21,3 +23,17 @@ class ProcrastinateJobAdmin(procrastinate_admin.ProcrastinateJobAdmin):
 
 admin.site.unregister(ProcrastinateJob)
 admin.site.register(ProcrastinateJob, ProcrastinateJobAdmin)
+
+
+class AccessAttemptAdmin(axes_admin.AccessAttemptAdmin):
+    """django-axes offers "Clean up expired attempts" to anyone who may view login attempts; here
+    it needs the delete permission (administrators, who also lift lockouts by deleting attempts)."""
+
+    def get_actions(self, request):
+        if not self.has_delete_permission(request):
+            return {}
+        return super().get_actions(request)
+
+
+admin.site.unregister(AccessAttempt)
+admin.site.register(AccessAttempt, AccessAttemptAdmin)

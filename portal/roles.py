@@ -19,9 +19,9 @@ ADMINISTRATORS = "Administrators"
 ROLES = {"program-manager": PROGRAM_MANAGERS, "administrator": ADMINISTRATORS}
 
 # The apps whose models the roles cover (Django's own sessions and content types are not data
-# anyone manages from the portal).
-_APPS = ("portal", "sparkfly_sync", "attentive_sync", "procrastinate", "auth")
-_READ_ONLY_APPS = ("portal", "sparkfly_sync", "attentive_sync", "procrastinate")
+# anyone manages from the portal). axes: login attempts and lockouts, which administrators lift.
+_APPS = ("portal", "sparkfly_sync", "attentive_sync", "procrastinate", "axes", "auth")
+_READ_ONLY_APPS = ("portal", "sparkfly_sync", "attentive_sync", "procrastinate", "axes")
 _PROGRAM_MANAGER_EXTRAS = ("view_portal", "export_redemptions")
 
 
