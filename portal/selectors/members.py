@@ -50,6 +50,11 @@ class SearchResult:
     def members(self) -> list[Member]:
         return self.exact + self.prefix
 
+    @property
+    def rows(self) -> list[tuple[Member, str]]:
+        """Each member with how it matched, for the page."""
+        return [(member, "exact") for member in self.exact] + [(member, "starts with") for member in self.prefix]
+
 
 def member_search(*, term: str) -> SearchResult:
     """Members whose Sparkfly id, identifier, phone or email is ``term`` (exact matches first,
