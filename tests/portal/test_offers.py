@@ -111,7 +111,7 @@ def test_the_list_is_paginated_by_fifty(program_manager_client):
     assert program_manager_client.get("/offers/", {"page": "x"}).status_code == 200
 
 
-@pytest.mark.parametrize("query", [{"status": "nonsense"}, {"name": "x" * 10_000}])
+@pytest.mark.parametrize("query", [{"status": "nonsense"}, {"name": "x" * 10_000}, {"name": "cof\x00fee"}])
 def test_a_bad_filter_is_explained_on_the_page_and_left_out(coffee, program_manager_client, query):
     response = program_manager_client.get("/offers/", query)
     assert response.status_code == 200
