@@ -7,7 +7,7 @@ Python), so a million members and a million redemptions take about a minute, not
 * Sparkfly ids start at ``DEMO_ID_BASE``, far above any the sandbox hands out (``sparkfly_sync.
   sandbox``: thousands to hundreds of thousands), so demo rows never collide with a synced mirror.
   Redemption dedup keys and the deliveries' external event ids start with ``DEMO_UUID_PREFIX``.
-* Values derive from each row's number through a multiplicative hash, not ``random()``: a
+* Values derive from each row's number through a hash, not ``random()``: a
   redemption and its delivery agree on the instant without a join, and a second run produces
   the same rows. Every insert skips rows already there (``ON CONFLICT DO NOTHING``), so seeding
   again with the same or larger counts only adds what is missing; ``demo_reset`` removes it all.
@@ -91,8 +91,10 @@ def demo_database_refusal() -> str:
 
 
 def _hash(n: str, salt: int) -> str:
-    """A number in [0, 1) that looks random but is fixed for (n, salt) (Knuth's multiplicative hash)."""
-    return f"(((({n})::bigint * 2654435761 + {salt * 40503}) % 4294967296)::float8 / 4294967296)"
+    """A number in [0, 1) that looks random but is fixed for (n, salt): PostgreSQL's own hash of
+    the number, seeded by ``salt``. (A multiplicative hash would not do: its values for two
+    salts differ by a constant, so a delivery's status would follow from its time.)"""
+    return f"((hashint8extended(({n})::bigint, {salt}) & 4294967295)::float8 / 4294967296)"
 
 
 def _id(n: str) -> str:

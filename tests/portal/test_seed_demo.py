@@ -170,3 +170,11 @@ def test_a_big_seed_builds_the_indexes_it_dropped_again():
 
     assert index_definitions(*tables) == before
     assert Member.objects.filter(email="demo.member10@example.com").exists()  # through the rebuilt index
+
+
+def test_problems_are_spread_over_the_whole_range_not_bunched_in_time():
+    seed(*SMALL)
+
+    for status in ("failed", "dead", "expired", "delivered"):
+        moments = list(Delivery.objects.filter(status=status).values_list("occurred_at", flat=True))
+        assert max(moments) - min(moments) > timezone.timedelta(days=20), status
