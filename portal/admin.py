@@ -5,8 +5,11 @@ from __future__ import annotations
 from axes import admin as axes_admin
 from axes.models import AccessAttempt
 from django.contrib import admin
+from django_otp.plugins.otp_totp.models import TOTPDevice
 from procrastinate.contrib.django import admin as procrastinate_admin
 from procrastinate.contrib.django.models import ProcrastinateJob
+
+from portal.two_factor import PortalAdminSite
 
 
 class ProcrastinateJobAdmin(procrastinate_admin.ProcrastinateJobAdmin):
@@ -37,3 +40,10 @@ class AccessAttemptAdmin(axes_admin.AccessAttemptAdmin):
 
 admin.site.unregister(AccessAttempt)
 admin.site.register(AccessAttempt, AccessAttemptAdmin)
+
+
+# Two-factor is enforced by the admin site itself while REQUIRE_STAFF_2FA is on (portal/two_factor.py).
+admin.site.__class__ = PortalAdminSite
+# A device's page shows its secret to anyone who may view it: staff enroll on the portal's page
+# and `manage.py two_factor_reset` removes a lost one.
+admin.site.unregister(TOTPDevice)

@@ -100,6 +100,10 @@ AXES_LOCKOUT_TEMPLATE = "axes/locked_out.html"
 AXES_CLIENT_IP_CALLABLE = "portal.security.client_ip"
 # Proxies in front of the portal that append to X-Forwarded-For (0: clients connect directly).
 TRUSTED_PROXY_COUNT = _read("int", "TRUSTED_PROXY_COUNT", 0)
+# Two-factor (django-otp, TOTP): when true the admin also asks staff for an authenticator code;
+# staff enroll on the portal's Two-factor page. Off by default.
+REQUIRE_STAFF_2FA = _read("bool", "REQUIRE_STAFF_2FA", False)
+OTP_TOTP_ISSUER = "Loyalty portal"
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -115,6 +119,8 @@ INSTALLED_APPS = [
     "procrastinate.contrib.django",
     "csp",
     "axes",
+    "django_otp",
+    "django_otp.plugins.otp_totp",
     "portal",
     "sparkfly_sync",
     "attentive_sync",
@@ -129,6 +135,7 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django_otp.middleware.OTPMiddleware",  # request.user.is_verified(): two-factor (portal/two_factor.py)
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     # Last, as django-axes requires: turns a locked-out login into the lockout page.
