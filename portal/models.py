@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from django.contrib.postgres.fields import ArrayField
 from django.db import models
 
 
@@ -49,11 +50,39 @@ class DailyActivity(models.Model):
             # Day first: a refresh replaces whole days (DELETE … WHERE day = ANY(…)).
             models.UniqueConstraint(fields=["day", "program_id", "dimension", "key"], name="daily_activity_unique"),
         ]
-        # The dashboard's reads: one program, one slice, a range of days.
-        indexes = [models.Index(fields=["program_id", "dimension", "day"], name="daily_activity_range")]
+        # The dashboard's reads: one program, one slice, a range of days, summed per key from
+        # the index alone (an index-only scan: a year of a thousand stores is ~400k entries).
+        indexes = [
+            models.Index(
+                fields=["program_id", "dimension", "day"], include=["key", "redemptions", "issuances"],
+                name="daily_activity_range",
+            )
+        ]
 
     def __str__(self) -> str:
         return f"{self.day} program {self.program_id} {self.dimension} {self.key}"
+
+
+class DailyDeliveries(models.Model):
+    """Deliveries to Attentive created on one day, counted per status and, for delivered ones,
+    per forwarding-delay bucket: the dashboard's delivery health over any range without reading
+    a million deliveries (``portal.rollups``)."""
+
+    # Bucket b holds delays (delivered_at - occurred_at) from DELAY_RATIO**b to DELAY_RATIO**(b+1)
+    # milliseconds (under 1 ms: bucket 0): a percentile read back is within 5% of the true one.
+    DELAY_RATIO = 1.1
+
+    day = models.DateField(help_text="created on, in the portal's time zone (TIME_ZONE)")
+    status = models.CharField(max_length=20)
+    delay_bucket = models.SmallIntegerField(null=True, blank=True, help_text="delivered ones only")
+    deliveries = models.PositiveIntegerField()
+
+    class Meta:
+        verbose_name_plural = "daily deliveries"
+        indexes = [models.Index(fields=["day"], name="daily_deliveries_day")]
+
+    def __str__(self) -> str:
+        return f"{self.day} {self.status} bucket {self.delay_bucket}: {self.deliveries}"
 
 
 class RollupRefresh(models.Model):
@@ -61,6 +90,10 @@ class RollupRefresh(models.Model):
 
     refreshed_at = models.DateTimeField(help_text="changes recorded before this time are in the figures")
     days = models.PositiveIntegerField(default=0, help_text="days recomputed by the last refresh")
+    open_days = ArrayField(
+        models.DateField(), default=list, blank=True,
+        help_text="days with deliveries still pending or failed at the last refresh: recomputed by the next",
+    )
 
     def __str__(self) -> str:
         return f"rollups as of {self.refreshed_at:%Y-%m-%d %H:%M:%S}"

@@ -108,6 +108,7 @@ class DashboardView(PortalPage, TemplateView):
         health = selectors.delivery_health(start=start, end=end)
         data = selectors.daily_series(**period)
         freshness = selectors.sync_freshness()
+        top_offers, conversion = selectors.top_offers_and_conversion(**period)
         if health.last_error:
             health.last_error["when"] = health.last_error["failed_at"] or health.last_error["created_at"]
         return super().get_context_data(
@@ -121,9 +122,9 @@ class DashboardView(PortalPage, TemplateView):
             data=data,
             days=zip(data["days"], data["redemptions"], data["issuances"], data["points_redeemed"]),
             totals={name: sum(data[name]) for name in ("redemptions", "issuances", "points_redeemed")},
-            top_offers=selectors.top_offers(**period),
+            top_offers=top_offers,
             top_stores=selectors.top_stores(**period),
-            conversion=selectors.offer_conversion(**period),
+            conversion=conversion,
             health=health,
             p50=duration(health.p50),
             p95=duration(health.p95),

@@ -10,7 +10,8 @@ from datetime import datetime, timedelta
 
 from django.utils import timezone
 
-from portal.models import DailyActivity
+from attentive_sync.models import Delivery
+from portal.models import DailyActivity, DailyDeliveries
 from sparkfly_sync.models import (
     Credential, IssuanceRequest, LoyaltyEnrollment, LoyaltyProgram, Member, Notification, Redemption,
 )
@@ -102,3 +103,25 @@ def direct_counts() -> dict[tuple, tuple[int, int, int]]:
             points[(day, key, "total", 0)] += int(data["points_redeemed"])
     keys = set(redemptions) | set(issuances) | set(points)
     return {key: (redemptions[key], issuances[key], points[key]) for key in keys}
+
+
+def delivery_table() -> dict[tuple, int]:
+    """The delivery rollups per (day, status), delay buckets summed."""
+    table: Counter = Counter()
+    for row in DailyDeliveries.objects.all():
+        table[(row.day, row.status)] += row.deliveries
+    return dict(table)
+
+
+def direct_delivery_counts() -> dict[tuple, int]:
+    return dict(Counter((timezone.localdate(d.created_at), d.status) for d in Delivery.objects.all()))
+
+
+def delivery(n: int, status: str, *, created_at: datetime, delay: timedelta | None = None) -> Delivery:
+    record = Delivery.objects.create(
+        external_event_id=f"evt-{n}", event_type="sparkfly.redemption", payload={}, status=status,
+        occurred_at=created_at, delivered_at=created_at + delay if delay else None,
+    )
+    Delivery.objects.filter(pk=record.pk).update(created_at=created_at)  # auto_now_add on create
+    record.created_at = created_at
+    return record

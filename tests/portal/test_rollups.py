@@ -3,18 +3,23 @@ are refreshed, in the portal's time zone, per program."""
 
 from __future__ import annotations
 
+import math
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
 from django.core.management import call_command
 from django.utils import timezone
+from procrastinate import exceptions as procrastinate_exceptions
 
-from portal.models import DailyActivity, RollupRefresh
+from attentive_sync.models import Delivery
+from portal.models import DailyActivity, DailyDeliveries, RollupRefresh
 from portal.rollups import rollups_refresh
+from portal.tasks import refresh_rollups
 from sparkfly_sync.models import IssuanceRequest, LoyaltyEnrollment
+from tests.conftest import run_worker_until_idle
 from tests.portal import activity
-from tests.portal.activity import AN_HOUR_AGO, direct_counts, rollup_table
+from tests.portal.activity import AN_HOUR_AGO, delivery_table, direct_counts, direct_delivery_counts, rollup_table
 
 pytestmark = pytest.mark.django_db
 
@@ -144,3 +149,36 @@ def test_the_command_says_what_it_recomputed(records, capsys):
     call_command("refresh_rollups")
     assert "Recomputed 1 day(s): 2026-03-02." in capsys.readouterr().out
     assert DailyActivity.objects.filter(day="2026-03-02", program_id=0, dimension="total").get().redemptions == 3
+
+
+def test_deliveries_are_counted_per_day_and_status_and_followed_until_final(records):
+    """A delivery changes after it is created: its day is recomputed while it is pending or
+    failed, and once more by the refresh after it settled."""
+    earlier = datetime(2026, 3, 1, 12, tzinfo=NEW_YORK)
+    activity.delivery(1, Delivery.Status.DELIVERED, created_at=earlier, delay=timedelta(seconds=2))
+    retried = activity.delivery(2, Delivery.Status.FAILED, created_at=earlier)
+    activity.delivery(3, Delivery.Status.DEAD, created_at=earlier + timedelta(days=1))
+    rollups_refresh()
+    assert delivery_table() == direct_delivery_counts() == {
+        (earlier.date(), "delivered"): 1, (earlier.date(), "failed"): 1, (datetime(2026, 3, 2).date(), "dead"): 1,
+    }
+    Delivery.objects.filter(pk=retried.pk).update(status=Delivery.Status.DELIVERED, delivered_at=timezone.now())
+    assert rollups_refresh() == [earlier.date()]  # open at the last refresh
+    assert delivery_table() == direct_delivery_counts()
+    assert delivery_table()[(earlier.date(), "delivered")] == 2
+    assert rollups_refresh() == []  # nothing open any more, nothing new
+    before = delivery_table()
+    rollups_refresh(everything=True)
+    assert delivery_table() == before
+    buckets = dict(DailyDeliveries.objects.filter(status="delivered").values_list("delay_bucket", "deliveries"))
+    two_seconds = int(math.log(2000) / math.log(DailyDeliveries.DELAY_RATIO))
+    assert buckets[two_seconds] == 1 and sum(buckets.values()) == 2
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_periodic_job_refreshes_and_never_piles_up():
+    refresh_rollups.defer(timestamp=0)
+    with pytest.raises(procrastinate_exceptions.AlreadyEnqueued):
+        refresh_rollups.defer(timestamp=1)  # one waiting run is enough
+    run_worker_until_idle(queues=["maintenance"])
+    assert RollupRefresh.objects.get().refreshed_at is not None
