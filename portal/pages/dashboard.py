@@ -102,7 +102,8 @@ class DashboardView(PortalPage, TemplateView):
 
     def get_context_data(self, **kwargs):
         programs = selectors.program_choices()
-        form = DashboardForm(self.request.GET or None, programs=programs)
+        default_start, default_end = default_range()
+        form = DashboardForm(self.request.GET or None, programs=programs, initial={"from": default_start, "to": default_end})
         start, end, program = form.choice()
         period = {"program": program, "start": start, "end": end}
         health = selectors.delivery_health(start=start, end=end)

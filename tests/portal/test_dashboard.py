@@ -87,6 +87,8 @@ def test_the_default_range_is_the_last_30_days_of_every_program(program_manager_
     today = timezone.localdate()
     assert data["days"][0] == (today - timedelta(days=29)).isoformat() and data["days"][-1] == today.isoformat()
     assert len(data["days"]) == 30
+    page = program_manager_client.get("/").content.decode()
+    assert f'name="from" value="{data["days"][0]}"' in page and f'name="to" value="{data["days"][-1]}"' in page
 
 
 @pytest.mark.parametrize("query, message", [
