@@ -4,6 +4,8 @@ import logging
 
 from procrastinate.contrib.django import app
 
+from attentive_sync.jobs import STALLED_AFTER_SECONDS
+
 logger = logging.getLogger(__name__)
 
 
@@ -11,11 +13,6 @@ logger = logging.getLogger(__name__)
 def noop() -> None:
     """Does nothing: `make bench` measures the job queue's own rate with it, as the reference
     for the delivery rate."""
-
-
-# A worker that sent no heartbeat for this long is dead (procrastinate's own stalled-worker
-# timeout is 30 s, with a heartbeat every 10 s).
-STALLED_AFTER_SECONDS = 60
 
 
 @app.periodic(cron="* * * * *", periodic_id="portal-retry-stalled-jobs")
