@@ -31,6 +31,13 @@ refreshes never interleave: delete the touched days, then one INSERT … SELECT 
 source, indexed by day through a join with the days' bounds. Readers see the old days until
 the commit.
 
+The same figures per calendar month (``MonthlyActivity``): each month touched is summed again
+from its days in the refresh's transaction (every month on a full rebuild), so a month always
+equals the sum of its days. A range reads its whole months from there and only the days at its
+edges from the days (``range_grains``): a year is eleven or twelve months and at most two
+partial months of days, not 365 days of every offer and store (measured with a million
+redemptions: a year's top stores summed 180k daily rows).
+
 Deliveries change after they are created (tried, delivered, dead, expired): the days of
 deliveries pending or failed at a refresh are recomputed by the next one too (``open_days``),
 so a delivery's last change is counted within a minute.
@@ -45,6 +52,7 @@ The nightly full refresh (``portal.tasks.rebuild_rollups``, or ``manage.py refre
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
@@ -53,7 +61,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from attentive_sync.models import Delivery
-from portal.models import DailyActivity, DailyDeliveries, RollupRefresh
+from portal.models import DailyActivity, DailyDeliveries, MonthlyActivity, RollupRefresh
 from sparkfly_sync.models import Credential, IssuanceRequest, LoyaltyEnrollment, Notification, Redemption
 from sparkfly_sync.serializers import MAX_CLOCK_SKEW, POINTS_REDEEMED
 
@@ -67,6 +75,7 @@ _LOCK_KEY = 0x726F6C6C7570  # "rollup": one refresh at a time, whoever runs it
 
 _TABLES = {
     "rollup": DailyActivity._meta.db_table,
+    "monthly": MonthlyActivity._meta.db_table,
     "delivery_rollup": DailyDeliveries._meta.db_table,
     "delivery": Delivery._meta.db_table,
     "redemption": Redemption._meta.db_table,
@@ -177,6 +186,19 @@ _WINDOWS = {
     " AND coalesce(n.occurred_at, n.received_at) < w.hi",
 }
 
+# {window}: nothing (every month) or a join with the first days of the months to sum.
+_MONTHS = """
+INSERT INTO {monthly} (month, program_id, dimension, key, redemptions, issuances, points_redeemed)
+SELECT date_trunc('month', a.day)::date, a.program_id, a.dimension, a.key,
+       sum(a.redemptions), sum(a.issuances), sum(a.points_redeemed)
+FROM {rollup} a {window}
+GROUP BY 1, 2, 3, 4
+"""
+
+_MONTH_WINDOW = (
+    "JOIN unnest(%(months)s::date[]) AS m(month) ON a.day >= m.month AND a.day < (m.month + interval '1 month')::date"
+)
+
 _TOUCHED_DAYS = """
 SELECT (redeemed_at AT TIME ZONE %(tz)s)::date FROM {redemption} WHERE received_at > %(since)s
 UNION
@@ -206,6 +228,38 @@ def day_bounds(day: date) -> tuple[datetime, datetime]:
     return datetime.combine(day, time.min, zone), datetime.combine(day + timedelta(days=1), time.min, zone)
 
 
+def month_start(day: date) -> date:
+    return day.replace(day=1)
+
+
+def next_month(day: date) -> date:
+    """The first day of the month after ``day``'s."""
+    return (day.replace(day=1) + timedelta(days=32)).replace(day=1)
+
+
+@dataclass(frozen=True)
+class RangeGrains:
+    """A range of days as the rollups read it: its whole calendar months from ``MonthlyActivity``
+    and the days before the first and after the last of them from ``DailyActivity``."""
+
+    days: tuple[tuple[date, date], ...]  # at most two (first, last) day ranges, inclusive
+    months: tuple[date, date] | None  # first days of the first and the last whole month, inclusive
+
+
+def range_grains(start: date, end: date) -> RangeGrains:
+    """Split the days ``start``…``end`` (inclusive) into whole months and the days around them."""
+    first = start if start.day == 1 else next_month(start)  # the first whole month starts here
+    last = end if (end + timedelta(days=1)).day == 1 else month_start(end) - timedelta(days=1)  # …the last ends here
+    if first > last:
+        return RangeGrains(days=((start, end),), months=None)
+    days = []
+    if start < first:
+        days.append((start, first - timedelta(days=1)))
+    if last < end:
+        days.append((last + timedelta(days=1), end))
+    return RangeGrains(days=tuple(days), months=(first, month_start(last)))
+
+
 @transaction.atomic
 def rollups_refresh(*, days: list[date] | None = None, everything: bool = False) -> list[date] | None:
     """Bring the daily rollups up to date and return the days recomputed (None: all of them).
@@ -231,9 +285,11 @@ def rollups_refresh(*, days: list[date] | None = None, everything: bool = False)
         open_days = sorted(row[0] for row in cursor.fetchall())
         if everything or (days is None and state is None):
             cursor.execute(f"DELETE FROM {_TABLES['rollup']}")
+            cursor.execute(f"DELETE FROM {_TABLES['monthly']}")
             cursor.execute(f"DELETE FROM {_TABLES['delivery_rollup']}")
             for statement, _ in (*_ACTIVITY, *_DELIVERY):
                 cursor.execute(statement.format(**_NAMES, window=""), params)
+            cursor.execute(_MONTHS.format(**_TABLES, window=""))
             days = None
         else:
             delivery_days = days
@@ -244,6 +300,7 @@ def rollups_refresh(*, days: list[date] | None = None, everything: bool = False)
                 cursor.execute(_TOUCHED_DELIVERY_DAYS.format(**_TABLES), touched)
                 delivery_days = sorted(row[0] for row in cursor.fetchall())
             _recompute(cursor, params, days, _TABLES["rollup"], _ACTIVITY)
+            _recompute_months(cursor, days)
             _recompute(cursor, params, delivery_days, _TABLES["delivery_rollup"], _DELIVERY)
             days = sorted(set(days) | set(delivery_days))
     count = len(days) if days is not None else DailyActivity.objects.dates("day", "day").count()
@@ -271,3 +328,12 @@ def _recompute(cursor, params: dict, days: list[date], table: str, statements) -
     windowed = {**params, "starts": [lo for lo, _ in bounds], "ends": [hi for _, hi in bounds]}
     for statement, source in statements:
         cursor.execute(statement.format(**_NAMES, window=_WINDOWS[source]), windowed)
+
+
+def _recompute_months(cursor, days: list[date]) -> None:
+    """Sum again, from their days, the months of ``days`` (just recomputed)."""
+    months = sorted({month_start(day) for day in days})
+    if not months:
+        return
+    cursor.execute(f"DELETE FROM {_TABLES['monthly']} WHERE month = ANY(%s)", [months])
+    cursor.execute(_MONTHS.format(**_TABLES, window=_MONTH_WINDOW), {"months": months})

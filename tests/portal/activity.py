@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 from django.utils import timezone
 
 from attentive_sync.models import Delivery
-from portal.models import DailyActivity, DailyDeliveries
+from portal.models import DailyActivity, DailyDeliveries, MonthlyActivity
 from sparkfly_sync.models import (
     Credential, IssuanceRequest, LoyaltyEnrollment, LoyaltyProgram, Member, Notification, Redemption,
 )
@@ -72,6 +72,22 @@ def rollup_table() -> dict[tuple, tuple[int, int, int]]:
         (row.day, row.program_id, row.dimension, row.key): (row.redemptions, row.issuances, row.points_redeemed)
         for row in DailyActivity.objects.all()
     }
+
+
+def monthly_table() -> dict[tuple, tuple[int, int, int]]:
+    return {
+        (row.month, row.program_id, row.dimension, row.key): (row.redemptions, row.issuances, row.points_redeemed)
+        for row in MonthlyActivity.objects.all()
+    }
+
+
+def per_month(table: dict[tuple, tuple[int, int, int]]) -> dict[tuple, tuple[int, int, int]]:
+    """A per-day table (``rollup_table``, ``direct_counts``) summed per calendar month."""
+    months: dict[tuple, tuple[int, int, int]] = {}
+    for (day, *rest), figures in table.items():
+        key = (day.replace(day=1), *rest)
+        months[key] = tuple(a + b for a, b in zip(months.get(key, (0, 0, 0)), figures))
+    return months
 
 
 def direct_counts() -> dict[tuple, tuple[int, int, int]]:

@@ -4,7 +4,7 @@ are refreshed, in the portal's time zone, per program."""
 from __future__ import annotations
 
 import math
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -13,13 +13,15 @@ from django.utils import timezone
 from procrastinate import exceptions as procrastinate_exceptions
 
 from attentive_sync.models import Delivery
-from portal.models import DailyActivity, DailyDeliveries, RollupRefresh
-from portal.rollups import rollups_refresh
+from portal.models import DailyActivity, DailyDeliveries, MonthlyActivity, RollupRefresh
+from portal.rollups import RangeGrains, range_grains, rollups_refresh
 from portal.tasks import refresh_rollups
-from sparkfly_sync.models import IssuanceRequest, LoyaltyEnrollment
+from sparkfly_sync.models import IssuanceRequest, LoyaltyEnrollment, Redemption
 from tests.conftest import run_worker_until_idle
 from tests.portal import activity
-from tests.portal.activity import AN_HOUR_AGO, delivery_table, direct_counts, direct_delivery_counts, rollup_table
+from tests.portal.activity import (
+    AN_HOUR_AGO, delivery_table, direct_counts, direct_delivery_counts, monthly_table, per_month, rollup_table,
+)
 
 pytestmark = pytest.mark.django_db
 
@@ -86,6 +88,7 @@ def test_the_first_refresh_counts_every_record_once_per_program_of_its_member(re
     assert table[(march_1, 0, "offer", OFFER_B)] == (0, 1, 0)
     assert table[(march_1, 0, "store", STORE_1)] == (2, 0, 0)
     assert not any(key[2] == "store" and key[3] is None for key in table)
+    assert monthly_table() == per_month(direct_counts())
 
 
 def test_a_refresh_takes_in_new_and_changed_records_and_touches_only_their_days(records):
@@ -106,17 +109,19 @@ def test_a_refresh_takes_in_new_and_changed_records_and_touches_only_their_days(
     assert rollup_table() == direct_counts()
     assert rollup_table()[(timezone.localdate(), 0, "offer", OFFER_B)] == (0, 1, 0)
     assert rollup_table()[(points_day.date(), GOLD, "total", 0)] == (0, 0, 30)
+    assert monthly_table() == per_month(rollup_table()) == per_month(direct_counts())
+    assert monthly_table()[(date(2026, 2, 1), GOLD, "total", 0)] == (0, 0, 30)
 
 
 def test_refreshing_twice_changes_nothing(records):
     rollups_refresh()
-    before = rollup_table()
+    before, months_before = rollup_table(), monthly_table()
     assert rollups_refresh() == []
-    assert rollup_table() == before
+    assert rollup_table() == before and monthly_table() == months_before
     rollups_refresh(days=[datetime(2026, 3, 1).date(), datetime(2026, 3, 2).date()])
-    assert rollup_table() == before
+    assert rollup_table() == before and monthly_table() == months_before
     rollups_refresh(everything=True)
-    assert rollup_table() == before
+    assert rollup_table() == before and monthly_table() == months_before
 
 
 def test_a_record_committed_just_before_the_last_refresh_is_still_taken_in(records):
@@ -140,6 +145,7 @@ def test_an_enrollment_mirrored_late_counts_after_a_full_rebuild(records):
     assert rollup_table() != direct_counts()  # the member's record was not touched
     call_command("refresh_rollups", "--all")
     assert rollup_table() == direct_counts()
+    assert monthly_table() == per_month(direct_counts())
 
 
 def test_the_command_says_what_it_recomputed(records, capsys):
@@ -182,3 +188,70 @@ def test_the_periodic_job_refreshes_and_never_piles_up():
         refresh_rollups.defer(timestamp=1)  # one waiting run is enough
     run_worker_until_idle(queues=["maintenance"])
     assert RollupRefresh.objects.get().refreshed_at is not None
+
+
+# --- the monthly sums ----------------------------------------------------------------------------
+
+
+def test_months_are_the_sums_of_their_days_however_refreshed(records):
+    """Records in several months and across a year end: each touched month is summed again from
+    its days, the others are left alone, and a full rebuild gives the same months."""
+    rollups_refresh()
+    for credential_id, at in [(11, datetime(2025, 12, 31, 23, tzinfo=NEW_YORK)), (12, datetime(2026, 1, 1, 0, 30, tzinfo=NEW_YORK)),
+                              (13, datetime(2026, 4, 30, 22, tzinfo=NEW_YORK)), (11, datetime(2026, 3, 31, 12, tzinfo=NEW_YORK))]:
+        activity.redemption(credential_id, OFFER_A, at, store_id=STORE_1)
+    activity.issuance(2, [OFFER_B], datetime(2026, 1, 1, 3, tzinfo=NEW_YORK))
+    march = monthly_table()[(date(2026, 3, 1), 0, "total", 0)]
+    rollups_refresh()
+    months = monthly_table()
+    assert months == per_month(rollup_table()) == per_month(direct_counts())
+    assert months[(date(2025, 12, 1), GOLD, "offer", OFFER_A)] == (1, 0, 0)
+    assert months[(date(2026, 1, 1), SILVER, "offer", OFFER_B)] == (0, 1, 0)
+    assert months[(date(2026, 3, 1), 0, "total", 0)] == (march[0] + 1, march[1], march[2])
+    assert months[(date(2026, 4, 1), 0, "store", STORE_1)] == (1, 0, 0)
+    # A month whose days all went (a full rebuild after its records were deleted) goes too.
+    Redemption.objects.filter(redeemed_at__gte=datetime(2026, 4, 1, tzinfo=NEW_YORK)).delete()
+    rollups_refresh(everything=True)
+    assert monthly_table() == per_month(direct_counts())
+    assert not MonthlyActivity.objects.filter(month=date(2026, 4, 1)).exists()
+
+
+@pytest.mark.parametrize("start, end, expected", [
+    # Within one month: days only.
+    (date(2026, 3, 5), date(2026, 3, 20), RangeGrains(days=((date(2026, 3, 5), date(2026, 3, 20)),), months=None)),
+    (date(2026, 3, 1), date(2026, 3, 1), RangeGrains(days=((date(2026, 3, 1), date(2026, 3, 1)),), months=None)),
+    (date(2026, 3, 31), date(2026, 3, 31), RangeGrains(days=((date(2026, 3, 31), date(2026, 3, 31)),), months=None)),
+    (date(2026, 3, 2), date(2026, 3, 31), RangeGrains(days=((date(2026, 3, 2), date(2026, 3, 31)),), months=None)),
+    (date(2026, 3, 1), date(2026, 3, 30), RangeGrains(days=((date(2026, 3, 1), date(2026, 3, 30)),), months=None)),
+    # Two partial months, no whole one between.
+    (date(2026, 3, 20), date(2026, 4, 10), RangeGrains(days=((date(2026, 3, 20), date(2026, 4, 10)),), months=None)),
+    # Exactly one month, and a leap February.
+    (date(2026, 3, 1), date(2026, 3, 31), RangeGrains(days=(), months=(date(2026, 3, 1), date(2026, 3, 1)))),
+    (date(2024, 2, 1), date(2024, 2, 29), RangeGrains(days=(), months=(date(2024, 2, 1), date(2024, 2, 1)))),
+    (date(2024, 2, 1), date(2024, 2, 28), RangeGrains(days=((date(2024, 2, 1), date(2024, 2, 28)),), months=None)),
+    # Starting on the 1st, ending mid-month; starting mid-month, ending on the last day.
+    (date(2026, 1, 1), date(2026, 3, 15),
+     RangeGrains(days=((date(2026, 3, 1), date(2026, 3, 15)),), months=(date(2026, 1, 1), date(2026, 2, 1)))),
+    (date(2026, 1, 15), date(2026, 3, 31),
+     RangeGrains(days=((date(2026, 1, 15), date(2026, 1, 31)),), months=(date(2026, 2, 1), date(2026, 3, 1)))),
+    # Across a year end, partial at both edges: a dashboard year.
+    (date(2025, 11, 24), date(2026, 11, 23),
+     RangeGrains(days=((date(2025, 11, 24), date(2025, 11, 30)), (date(2026, 11, 1), date(2026, 11, 23))),
+                 months=(date(2025, 12, 1), date(2026, 10, 1)))),
+    (date(2025, 12, 31), date(2026, 2, 1),
+     RangeGrains(days=((date(2025, 12, 31), date(2025, 12, 31)), (date(2026, 2, 1), date(2026, 2, 1))),
+                 months=(date(2026, 1, 1), date(2026, 1, 1)))),
+    (date(2025, 1, 1), date(2025, 12, 31), RangeGrains(days=(), months=(date(2025, 1, 1), date(2025, 12, 1)))),
+])
+def test_a_range_splits_into_whole_months_and_the_days_around_them(start, end, expected):
+    grains = range_grains(start, end)
+    assert grains == expected
+    # Every day of the range exactly once.
+    covered = [first + timedelta(days=n) for first, last in grains.days for n in range((last - first).days + 1)]
+    if grains.months:
+        month = grains.months[0]
+        while month <= grains.months[1]:
+            following = (month + timedelta(days=32)).replace(day=1)
+            covered += [month + timedelta(days=n) for n in range((following - month).days)]
+            month = following
+    assert sorted(covered) == [start + timedelta(days=n) for n in range((end - start).days + 1)]
