@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import datetime, timedelta
+from collections import Counter
+from datetime import date, datetime, timedelta
 
 import pytest
 from django.db import connection
@@ -165,6 +166,49 @@ def test_top_offers_stores_and_conversion(program_manager_client, records):
     assert conversion == {OFFER_A: (3, 3, 100.0), OFFER_B: (1, 1, 100.0)}
     assert "divided by credentials of the offer issued in the range" in page
     assert "Figures as of" in page
+
+
+def _expected_top(counts: Counter, *, limit: int = 10) -> list[tuple[int, int]]:
+    return sorted(((key, n) for key, n in counts.items() if n), key=lambda pair: (-pair[1], pair[0]))[:limit]
+
+
+@pytest.mark.parametrize("program", [0, GOLD])
+def test_top_lists_over_partial_and_whole_months_equal_the_records(program_manager_client, program):
+    """From 20 January to 10 April: the days of January and April from the daily rollups,
+    February and March from the monthly ones; records on the edge days and just outside."""
+    now = timezone.now()
+    activity.program(GOLD, "Gold")
+    activity.member(1, GOLD)
+    activity.member(2)
+    activity.credential(11, 1)
+    activity.credential(12, 2)
+    days = [date(2026, 1, 19), date(2026, 1, 20), date(2026, 1, 31), date(2026, 2, 1), date(2026, 2, 14),
+            date(2026, 3, 31), date(2026, 4, 1), date(2026, 4, 10), date(2026, 4, 11)]
+    for n in range(14):  # more offers and stores than the top ten, each on a few of the days
+        Offer.objects.create(sparkfly_id=700 + n, name=f"Offer {n}", synced_at=now)
+        for i, day in enumerate(days):
+            if (n + i) % 3:
+                when = timezone.make_aware(datetime.combine(day, datetime.min.time())) + timedelta(hours=12)
+                activity.redemption(11 if (n + i) % 2 else 12, 700 + n, when, store_id=800 + (n * i) % 13)
+                if (n * i) % 4 == 1:
+                    activity.issuance(1 if i % 2 else 2, [700 + n], when)
+    rollups_refresh()
+    start, end = date(2026, 1, 20), date(2026, 4, 10)
+    redeemed, issued, stores = Counter(), Counter(), Counter()
+    for (day, program_id, dimension, key), (r, i, _) in activity.direct_counts().items():
+        if start <= day <= end and program_id == program:
+            if dimension == "offer":
+                redeemed[key] += r
+                issued[key] += i
+            elif dimension == "store":
+                stores[key] += r
+    response = program_manager_client.get(f"/?from={start}&to={end}&program={program}")
+    context = response.context
+    assert [(row["key"], row["redemptions"]) for row in context["top_offers"]] == _expected_top(redeemed)
+    assert [(row["key"], row["issued"]) for row in context["conversion"]] == _expected_top(issued)
+    assert all(row["redemptions"] == redeemed[row["key"]] for row in context["conversion"])
+    assert [(row["key"], row["redemptions"]) for row in context["top_stores"]] == _expected_top(stores)
+    assert len(context["top_offers"]) == 10 and len(context["top_stores"]) == 10
 
 
 def test_the_page_says_when_the_figures_were_never_computed(program_manager_client):
