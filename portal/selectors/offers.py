@@ -1,8 +1,9 @@
 """Read-only queries of the offer pages: the filtered list, and one offer with its channels and
 its issuances and redemptions per day.
 
-Counts come from the dashboard's daily rollups (``portal.rollups``, program "all", dimension
-"offer"): what the dashboard shows for the offer, as of the rollups' last refresh.
+Counts come from the dashboard's rollups (``portal.rollups``, program "all", dimension "offer";
+per day for the chart, the all-time totals from the monthly sums): what the dashboard shows for
+the offer, as of the rollups' last refresh.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from datetime import date, datetime, timedelta
 from django.db.models import QuerySet, Sum
 from django.utils import timezone
 
-from portal.models import DailyActivity
+from portal.models import DailyActivity, MonthlyActivity
 from portal.selectors.dashboard import rollups_as_of
 from sparkfly_sync import callbacks
 from sparkfly_sync.models import ConversionEndpoint, Offer, OfferChannel
@@ -101,15 +102,16 @@ def offer_detail(*, sparkfly_id: int, today: date | None = None) -> OfferDetail 
     ]
     today = today or timezone.localdate()
     first_day = today - timedelta(days=ACTIVITY_DAYS - 1)
-    rollups = DailyActivity.objects.filter(
-        program_id=DailyActivity.ALL_PROGRAMS, dimension=DailyActivity.Dimension.OFFER, key=sparkfly_id
-    )
+    offer_rollups = {"program_id": DailyActivity.ALL_PROGRAMS, "dimension": DailyActivity.Dimension.OFFER, "key": sparkfly_id}
     per_day = {
         day: (issued, redeemed)
-        for day, issued, redeemed in rollups.filter(day__gte=first_day, day__lte=today)
+        for day, issued, redeemed in DailyActivity.objects.filter(**offer_rollups, day__gte=first_day, day__lte=today)
         .values_list("day", "issuances", "redemptions")
     }
-    totals = rollups.aggregate(issued=Sum("issuances", default=0), redeemed=Sum("redemptions", default=0))
+    # Every month's sum: a year of history is twelve rows of this offer, not 365.
+    totals = MonthlyActivity.objects.filter(**offer_rollups).aggregate(
+        issued=Sum("issuances", default=0), redeemed=Sum("redemptions", default=0)
+    )
     days = [first_day + timedelta(days=offset) for offset in range(ACTIVITY_DAYS)]
     return OfferDetail(
         offer=offer,
