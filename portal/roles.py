@@ -19,9 +19,11 @@ ADMINISTRATORS = "Administrators"
 ROLES = {"program-manager": PROGRAM_MANAGERS, "administrator": ADMINISTRATORS}
 
 # The apps whose models the roles cover (Django's own sessions and content types are not data
-# anyone manages from the portal). axes: login attempts and lockouts, which administrators lift.
+# anyone manages from the portal). axes: login attempts and lockouts, which administrators lift;
+# not program managers' to read (addresses, and the usernames people typed — sometimes a
+# password typed in the wrong box).
 _APPS = ("portal", "sparkfly_sync", "attentive_sync", "procrastinate", "axes", "auth")
-_READ_ONLY_APPS = ("portal", "sparkfly_sync", "attentive_sync", "procrastinate", "axes")
+_READ_ONLY_APPS = ("portal", "sparkfly_sync", "attentive_sync", "procrastinate")
 _PROGRAM_MANAGER_EXTRAS = ("view_portal", "export_redemptions")
 
 

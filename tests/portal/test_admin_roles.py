@@ -10,7 +10,10 @@ from django.urls import reverse
 from portal.roles import user_assign_role
 
 REGISTERED = sorted(admin.site._registry.items(), key=lambda item: item[0]._meta.label)
-APP_MODELS = [(model, model_admin) for model, model_admin in REGISTERED if model._meta.app_label != "auth"]
+# Accounts and login records (auth, axes, otp devices) are administrators' business only.
+ADMINISTRATORS_ONLY = ("auth", "axes", "otp_totp", "otp_static")
+APP_MODELS = [(model, model_admin) for model, model_admin in REGISTERED if model._meta.app_label not in ADMINISTRATORS_ONLY]
+PRIVATE_MODELS = [(model, model_admin) for model, model_admin in REGISTERED if model._meta.app_label in ADMINISTRATORS_ONLY]
 
 
 def _user(role):
@@ -50,9 +53,16 @@ def test_an_administrator_opens_every_list(client, model, model_admin):
 
 
 @pytest.mark.django_db
-def test_a_program_manager_cannot_manage_accounts(client):
+@pytest.mark.parametrize("model, model_admin", PRIVATE_MODELS, ids=[m._meta.label for m, _ in PRIVATE_MODELS])
+def test_a_program_manager_cannot_see_accounts_or_login_records(client, model, model_admin):
     client.force_login(_user("program-manager"))
-    assert client.get(reverse("admin:auth_user_changelist")).status_code == 403
+    changelist = reverse(f"admin:{model._meta.app_label}_{model._meta.model_name}_changelist")
+    assert client.get(changelist).status_code == 403
+
+
+@pytest.mark.django_db
+def test_a_program_manager_cannot_add_accounts(client):
+    client.force_login(_user("program-manager"))
     assert client.get(reverse("admin:auth_user_add")).status_code == 403
 
 

@@ -1,7 +1,10 @@
 """The two roles: groups created by migration, permissions kept current, assigned by command."""
 
+import re
+
 import pytest
 from django.contrib.auth.models import Group, User
+from django.core import mail
 from django.core.management import CommandError, call_command
 
 from portal.roles import ADMINISTRATORS, PROGRAM_MANAGERS, sync_role_permissions
@@ -30,10 +33,10 @@ def test_syncing_again_restores_a_permission_removed_by_hand():
 
 
 @pytest.mark.django_db
-def test_portal_user_creates_an_account_without_password_in_one_role():
+def test_portal_user_creates_a_staff_account_in_one_role_and_moves_it_to_another():
     call_command("portal_user", "pat", "--role", "program-manager", "--email", "pat@example.com")
     pat = User.objects.get(username="pat")
-    assert pat.is_staff and not pat.has_usable_password()
+    assert pat.is_staff
     assert list(pat.groups.values_list("name", flat=True)) == [PROGRAM_MANAGERS]
     assert pat.has_perm("portal.view_portal") and not pat.has_perm("attentive_sync.change_delivery")
 
@@ -47,3 +50,17 @@ def test_portal_user_creates_an_account_without_password_in_one_role():
 def test_portal_user_refuses_a_new_account_without_email():
     with pytest.raises(CommandError, match="give --email"):
         call_command("portal_user", "nobody", "--role", "administrator")
+
+
+@pytest.mark.django_db
+def test_a_new_account_sets_its_password_through_the_reset_mail_and_logs_in(client):
+    call_command("portal_user", "pat", "--role", "program-manager", "--email", "pat@example.com")
+
+    client.post("/accounts/password-reset/", {"email": "pat@example.com"})
+    assert len(mail.outbox) == 1
+    link = re.search(r"https?://[^/\s]+(/accounts/reset/\S+/)", mail.outbox[0].body).group(1)
+    form_url = client.get(link, follow=True).redirect_chain[-1][0]
+    client.post(form_url, {"new_password1": "a new Passw0rd!", "new_password2": "a new Passw0rd!"})
+
+    assert client.login(username="pat", password="a new Passw0rd!")
+    assert client.get("/").status_code == 200

@@ -1,11 +1,14 @@
 """Give a person one of the portal's roles: ``manage.py portal_user alice --role program-manager``.
 
-Creates the account when it does not exist yet (``--email`` then required); a new account has
-no password: its owner sets one with "Forgotten your password?" on the login page, so no
-password ever passes through a terminal or a chat.
+Creates the account when it does not exist yet (``--email`` then required) with a random
+password nobody is shown: its owner sets their own with "Forgotten your password?" on the login
+page, so no password ever passes through a terminal or a chat. (Not an "unusable" password:
+Django's password reset ignores such accounts, as it should for accounts that log in elsewhere.)
 """
 
 from __future__ import annotations
+
+import secrets
 
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
@@ -35,7 +38,7 @@ class Command(BaseCommand):
             if not email:
                 raise CommandError(f"there is no account {username!r}; give --email to create it")
             user = User(username=username, email=email)
-            user.set_unusable_password()
+            user.set_password(secrets.token_urlsafe(32))
             user.save()
             self.stdout.write(f"Created {username}; they set a password with \"Forgotten your password?\" on the login page.")
         elif email and user.email != email:
