@@ -20,12 +20,10 @@ from django.views.generic import TemplateView
 from attentive_sync.models import Delivery
 from portal.models import DailyActivity
 from portal.pages.access import PortalPage
+from portal.pages.dates import MAX_RANGE_DAYS, PortalDateField
 from portal.selectors import dashboard as selectors
 
 DEFAULT_DAYS = 30
-MAX_DAYS = 366
-# Sparkfly's records start in this century (sparkfly_sync.serializers.EARLIEST_PLAUSIBLE).
-EARLIEST, LATEST = date(2000, 1, 1), date(2099, 12, 31)
 HEALTH_ORDER = ("delivered", "pending", "failed", "dead", "expired")
 
 
@@ -53,8 +51,8 @@ class DashboardForm(forms.Form):
     def __init__(self, *args, programs: list[tuple[int, str]], **kwargs):
         super().__init__(*args, **kwargs)
         # Added here: the query string says ``from``, a Python keyword.
-        self.fields["from"] = forms.DateField(label="From", required=False, widget=forms.DateInput(attrs={"type": "date"}))
-        self.fields["to"] = forms.DateField(label="To", required=False, widget=forms.DateInput(attrs={"type": "date"}))
+        self.fields["from"] = PortalDateField(label="From", required=False)
+        self.fields["to"] = PortalDateField(label="To", required=False)
         self.fields["program"] = forms.TypedChoiceField(
             label="Program", required=False, coerce=int, empty_value=DailyActivity.ALL_PROGRAMS,
             choices=[("", "All programs"), *programs],
@@ -63,15 +61,11 @@ class DashboardForm(forms.Form):
     def clean(self):
         cleaned = super().clean()
         start, end = cleaned.get("from"), cleaned.get("to")
-        for name, day in (("from", start), ("to", end)):
-            if day and not EARLIEST <= day <= LATEST:
-                self.add_error(name, f"Choose a date from {EARLIEST:%Y-%m-%d} to {LATEST:%Y-%m-%d}.")
-                return cleaned
         if start and end:
             if start > end:
                 raise forms.ValidationError("The start date is after the end date.")
-            if (end - start).days + 1 > MAX_DAYS:
-                raise forms.ValidationError(f"A range is at most {MAX_DAYS} days.")
+            if (end - start).days + 1 > MAX_RANGE_DAYS:
+                raise forms.ValidationError(f"A range is at most {MAX_RANGE_DAYS} days.")
         return cleaned
 
     def choice(self) -> tuple[date, date, int]:

@@ -19,9 +19,11 @@ from attentive_sync import delivery as delivery_services
 from attentive_sync.models import AttentiveSettings, Delivery
 from attentive_sync.registry import event_types
 from portal.pages.access import PortalPage
+from portal.pages.dates import PortalDateField
 from portal.selectors.deliveries import PROBLEM_STATUSES, DeliveryFilters, delivery_page
 
 PER_PAGE = 50
+MAX_PAGE = 10_000  # half a million rows deep: further, narrowing the filters is the way
 PROBLEMS = "problems"
 ALL = "all"
 FILTER_FIELDS = ("status", "event_type", "created_from", "created_to", "q")
@@ -30,8 +32,8 @@ FILTER_FIELDS = ("status", "event_type", "created_from", "created_to", "q")
 class DeliveryFilterForm(forms.Form):
     status = forms.ChoiceField(required=False, initial=PROBLEMS)
     event_type = forms.ChoiceField(label="Event type", required=False)
-    created_from = forms.DateField(label="Created from", required=False, widget=forms.DateInput(attrs={"type": "date"}))
-    created_to = forms.DateField(label="Created to", required=False, widget=forms.DateInput(attrs={"type": "date"}))
+    created_from = PortalDateField(label="Created from", required=False)
+    created_to = PortalDateField(label="Created to", required=False)
     q = forms.CharField(label="External event id", required=False, max_length=255)
 
     def __init__(self, *args, **kwargs):
@@ -68,8 +70,9 @@ class DeliveryFilterForm(forms.Form):
 
 
 def _page_number(text: str | None) -> int:
+    """The page asked for, from 1 to MAX_PAGE (past it, the filters should narrow the list)."""
     try:
-        return max(1, int(text or 1))
+        return min(max(1, int(text or 1)), MAX_PAGE)
     except ValueError:
         return 1
 

@@ -17,9 +17,9 @@ from django.utils import timezone
 from django.views import View
 
 from portal.pages.access import PortalPage
+from portal.pages.dates import MAX_RANGE_DAYS, out_of_bounds
 from portal.selectors.exports import redemption_export_rows
 
-MAX_DAYS = 366
 CHUNK_ROWS = 2000
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
@@ -48,17 +48,20 @@ def _day(params, name: str) -> date:
     if not text:
         raise ValueError(f"Give the range as ?from=YYYY-MM-DD&to=YYYY-MM-DD ({name} is missing).")
     try:
-        return date.fromisoformat(text)
+        day = date.fromisoformat(text)
     except ValueError:
         raise ValueError(f"{name}={text!r} is not a date: write it as YYYY-MM-DD.") from None
+    if problem := out_of_bounds(day):
+        raise ValueError(f"{name}={text}: {problem}")
+    return day
 
 
 def _date_range(params) -> tuple[date, date]:
     first, last = _day(params, "from"), _day(params, "to")
     if last < first:
         raise ValueError(f"to ({last}) is before from ({first}).")
-    if (last - first).days + 1 > MAX_DAYS:
-        raise ValueError(f"Export at most {MAX_DAYS} days at a time ({(last - first).days + 1} asked).")
+    if (last - first).days + 1 > MAX_RANGE_DAYS:
+        raise ValueError(f"Export at most {MAX_RANGE_DAYS} days at a time ({(last - first).days + 1} asked).")
     return first, last
 
 

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta
+from datetime import date
 
 from django.db.models import OuterRef, QuerySet, Subquery
 from django.db.models.functions import Left
-from django.utils import timezone
 
 from attentive_sync.models import Delivery, DeliveryAttempt
+from portal.rollups import day_bounds
 
 # What "needs attention" means on the page: a try failed and another is scheduled, Attentive
 # refused it for good, or it got too old to matter before it got through.
@@ -29,11 +29,6 @@ class DeliveryFilters:
     external_event_id: str = ""
 
 
-def start_of_day(day: date) -> datetime:
-    """Midnight at the start of ``day`` in the portal's time zone (settings.TIME_ZONE)."""
-    return timezone.make_aware(datetime.combine(day, time.min))
-
-
 def delivery_list(filters: DeliveryFilters) -> QuerySet[Delivery]:
     """Deliveries matching ``filters``, newest first, each annotated with its last attempt's
     ``last_status_code`` and ``last_response`` (its start): one query for the whole page."""
@@ -43,9 +38,9 @@ def delivery_list(filters: DeliveryFilters) -> QuerySet[Delivery]:
     if filters.event_type:
         deliveries = deliveries.filter(event_type=filters.event_type)
     if filters.created_from:
-        deliveries = deliveries.filter(created_at__gte=start_of_day(filters.created_from))
+        deliveries = deliveries.filter(created_at__gte=day_bounds(filters.created_from)[0])
     if filters.created_to:
-        deliveries = deliveries.filter(created_at__lt=start_of_day(filters.created_to + timedelta(days=1)))
+        deliveries = deliveries.filter(created_at__lt=day_bounds(filters.created_to)[1])
     if filters.external_event_id:
         deliveries = deliveries.filter(external_event_id=filters.external_event_id)
     last_attempt = DeliveryAttempt.objects.filter(delivery=OuterRef("pk")).order_by("-started_at", "-pk")[:1]

@@ -4,11 +4,11 @@ cursor, so a year of redemptions streams in the memory of one chunk."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import date, timedelta
+from datetime import date
 
 from django.db.models import OuterRef, Subquery
 
-from portal.selectors.deliveries import start_of_day
+from portal.rollups import day_bounds
 from sparkfly_sync.models import Offer, Redemption
 
 REDEMPTION_EXPORT_COLUMNS = (
@@ -24,7 +24,7 @@ def redemption_export_rows(*, first_day: date, last_day: date, chunk_size: int =
     offer_name = Offer.objects.filter(sparkfly_id=OuterRef("offer_id")).values("name")[:1]
     rows = (
         Redemption.objects.filter(
-            redeemed_at__gte=start_of_day(first_day), redeemed_at__lt=start_of_day(last_day + timedelta(days=1))
+            redeemed_at__gte=day_bounds(first_day)[0], redeemed_at__lt=day_bounds(last_day)[1]
         )
         .annotate(offer_name=Subquery(offer_name))
         .order_by("redeemed_at", "pk")

@@ -25,12 +25,12 @@ from django.db.models.functions import Collate
 from attentive_sync.models import Delivery, SubscriptionState
 from sparkfly_sync.models import Credential, IssuanceRequest, LoyaltyEnrollment, Member, Offer, Redemption
 from sparkfly_sync.payloads import normalize_phone
+from sparkfly_sync.serializers import MAX_SPARKFLY_ID
 
 SEARCH_LIMIT = 50
 ROWS_SHOWN = 50
 # Longer than any identifier (255) or email (254) the mirror holds: nothing could match.
 LONGEST_TERM = 255
-BIGINT_MAX = 2**63 - 1
 MEMBER_COLUMNS = ("sparkfly_id", "identifier", "first_name", "last_name", "email", "phone", "synced_at")
 # Where Attentive's payloads carry the member: their Sparkfly identifier as clientUserId.
 DELIVERY_CLIENT_USER_ID = KT("payload__user__externalIdentifiers__clientUserId")
@@ -71,7 +71,7 @@ def member_search(*, term: str) -> SearchResult:
         )
     email = term.lower()
     exact = Q(identifier=term) | Q(email=email)
-    if term.isdecimal() and int(term) <= BIGINT_MAX:
+    if term.isdecimal() and int(term) <= MAX_SPARKFLY_ID:
         exact |= Q(sparkfly_id=int(term))
     if phone := normalize_phone(term, settings.MEMBER_PHONE_REGION):
         exact |= Q(phone=phone)
@@ -140,7 +140,7 @@ class Member360:
 
 def member_360(*, sparkfly_id: int) -> Member360 | None:
     """Everything the portal knows of one member, or None when no such member is mirrored."""
-    if not 0 < sparkfly_id <= BIGINT_MAX:
+    if not 0 < sparkfly_id <= MAX_SPARKFLY_ID:
         return None
     member = Member.objects.filter(sparkfly_id=sparkfly_id).first()
     if member is None:

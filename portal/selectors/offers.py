@@ -18,9 +18,9 @@ from portal.models import DailyActivity, MonthlyActivity
 from portal.selectors.dashboard import rollups_as_of
 from sparkfly_sync import callbacks
 from sparkfly_sync.models import ConversionEndpoint, Offer, OfferChannel
+from sparkfly_sync.serializers import MAX_SPARKFLY_ID
 
 ACTIVITY_DAYS = 90
-BIGINT_MAX = 2**63 - 1
 NAME_LONGEST = 255
 
 
@@ -81,7 +81,7 @@ class OfferDetail:
 def offer_detail(*, sparkfly_id: int, today: date | None = None) -> OfferDetail | None:
     """One offer with its channels (and whether each channel calls the portal back), and its
     issuances and redemptions per day over the last ``ACTIVITY_DAYS`` days; None when unknown."""
-    if not 0 < sparkfly_id <= BIGINT_MAX:
+    if not 0 < sparkfly_id <= MAX_SPARKFLY_ID:
         return None
     offer = Offer.objects.select_related("merchant").filter(sparkfly_id=sparkfly_id).first()
     if offer is None:

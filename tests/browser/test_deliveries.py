@@ -55,7 +55,7 @@ def test_a_program_manager_has_no_replay_button_and_a_forged_post_is_refused(pag
             const response = await fetch(url, {method: 'POST', headers: {'X-CSRFToken': token}, body: new FormData()});
             return response.status;
         }""",
-        f"/deliveries/{delivery.pk}/replay",
+        f"/deliveries/{delivery.pk}/replay/",
     )
     assert status == 403
     delivery.refresh_from_db()

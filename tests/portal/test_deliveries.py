@@ -270,3 +270,20 @@ def test_a_missing_delivery_is_reported_not_a_500(administrator_client):
     response = administrator_client.post(f"{URL}999999/replay/")
     assert response.status_code == 302
     assert shown_messages(response) == [("error", "There is no delivery 999999 (any more).")]
+
+
+@pytest.mark.parametrize(
+    "query",
+    ["created_to=9999-12-31", "created_from=0001-01-01", "page=100000000000000000000000", "page=-3", "page=x"],
+)
+def test_out_of_range_filters_and_pages_are_answered_on_the_page(program_manager_client, query):
+    response = program_manager_client.get(f"{URL}?{query}")
+    assert response.status_code == 200
+    if query.startswith("created"):
+        assert "Choose a date from 2000-01-01 to 2099-12-31." in response.content.decode()
+
+
+def test_a_field_error_is_the_description_of_its_field(program_manager_client):
+    html = program_manager_client.get(f"{URL}?created_to=9999-12-31").content.decode()
+    assert 'aria-describedby="id_created_to_error"' in html
+    assert 'id="id_created_to_error">Choose a date from 2000-01-01 to 2099-12-31.</small>' in html

@@ -129,3 +129,10 @@ def test_366_days_is_the_longest_range(program_manager_client):
 def test_the_deliveries_page_offers_the_export(program_manager_client):
     page = program_manager_client.get("/deliveries/").content.decode()
     assert 'action="/redemptions/export.csv"' in page and 'name="from"' in page and 'name="to"' in page
+
+
+@pytest.mark.parametrize("query", ["from=9999-12-01&to=9999-12-31", "from=0001-01-01&to=0001-01-02"])
+def test_dates_outside_the_centuries_of_records_are_refused_before_anything_streams(program_manager_client, query):
+    response = program_manager_client.get(f"/redemptions/export.csv?{query}")
+    assert response.status_code == 400
+    assert "Choose a date from 2000-01-01 to 2099-12-31." in response.content.decode()
