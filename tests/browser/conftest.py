@@ -17,10 +17,6 @@ from django.contrib.auth.models import User
 
 from portal.roles import user_assign_role
 
-# Playwright's sync API runs an event loop in this thread; the test's own database work is
-# still plain synchronous code, so Django's async-safety guard does not apply.
-os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "screenshots"
 PASSWORD = "browser-test-password"
 # Without the background-networking flags chromium keeps trying to reach Google's hosts,
@@ -43,14 +39,27 @@ def chromium_path() -> str:
     return path
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser():
+    """One chromium for this package's tests. Package-scoped, not session-scoped: Playwright's
+    sync API keeps an event loop running in this thread until it stops, and tests elsewhere
+    run procrastinate workers with ``asyncio.run``, which refuses to start inside one."""
     from playwright.sync_api import sync_playwright
 
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium_path(), headless=True, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
+    # Meanwhile the tests' own database work is still plain synchronous code, which Django's
+    # async-safety guard would refuse under a running loop.
+    previous = os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE")
+    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+    try:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=chromium_path(), headless=True, args=CHROMIUM_ARGS)
+            yield browser
+            browser.close()
+    finally:
+        if previous is None:
+            os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
+        else:
+            os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = previous
 
 
 @pytest.fixture
