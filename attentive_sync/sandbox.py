@@ -64,6 +64,9 @@ logger = logging.getLogger(__name__)
 CONTROL_PREFIX = "/_sandbox"
 
 JSON_CONTENT_TYPE = "application/json"
+# What ``fail_rate`` may answer instead of the operation (``fail_with``): a 500, a 429, or a
+# timeout (the connection held ``timeout_seconds`` and then dropped, the request unprocessed).
+FAILURE_KINDS = ("500", "429", "timeout")
 DEFAULT_RATE_LIMIT = 150  # ref §5: "up to 150 requests per second for most endpoints"
 # ref §5: the endpoints with lower limits. They stay at Attentive's numbers whatever the default
 # is set to (rate_limit=0 switches limiting off altogether, see AttentiveSandbox).
@@ -155,6 +158,10 @@ class _Abort(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
+
+
+class _TimedOut(Exception):
+    """Raised by a ``fail_rate`` timeout: hold the connection, then drop it."""
 
 
 class _DroppedConnection(ConnectionError):
@@ -584,8 +591,12 @@ class AttentiveSandbox:
 
     ``rate_limit`` is the per-second limit of most endpoints (the three lower ones stay at
     Attentive's 10/10/5); ``rate_limit=0`` switches rate limiting off everywhere, for
-    benchmarks. ``fail_rate`` of the requests that would succeed answer 500 instead, decided by
-    a ``random.Random(seed)`` stream: the same sequence of requests fails the same way.
+    benchmarks. ``fail_rate`` of the requests that would succeed fail instead, decided by a
+    ``random.Random(seed)`` stream (the same sequence of requests fails the same way), each
+    failure one of ``fail_with`` picked from the same stream: ``"500"`` (the default), ``"429"``
+    (as the rate limit answers), ``"timeout"`` (no answer for ``timeout_seconds``, then the
+    connection dropped). A failed request is not processed: nothing is recorded, so a client
+    that tries again must not create a duplicate. ``injected`` counts the failures by kind.
     ``latency_ms`` delays every API answer. ``clock`` (seconds, monotonic) drives the rate-limit
     windows and the ``received_at`` of what was received; tests pass a fake one.
 
@@ -600,6 +611,8 @@ class AttentiveSandbox:
         api_key: str = "sandbox",
         rate_limit: int = DEFAULT_RATE_LIMIT,
         fail_rate: float = 0.0,
+        fail_with: tuple[str, ...] = ("500",),
+        timeout_seconds: float = 15.0,
         latency_ms: float = 0,
         seed: int = 0,
         clock: Callable[[], float] = time.monotonic,
@@ -612,11 +625,17 @@ class AttentiveSandbox:
             raise ValueError("rate_limit must be an integer >= 0 (0 = unlimited)")
         if not 0.0 <= fail_rate <= 1.0:
             raise ValueError("fail_rate must be between 0 and 1")
+        if not fail_with or any(kind not in FAILURE_KINDS for kind in fail_with):
+            raise ValueError(f"fail_with must name one or more of {', '.join(FAILURE_KINDS)}")
+        if not 0 < timeout_seconds <= 60:
+            raise ValueError("timeout_seconds must be more than 0 and at most 60")
         if latency_ms < 0:
             raise ValueError("latency_ms must be >= 0")
         self.api_key = api_key
         self.rate_limit = rate_limit
         self.fail_rate = fail_rate
+        self.fail_with = tuple(fail_with)
+        self.timeout_seconds = timeout_seconds
         self.latency_ms = latency_ms
         self.seed = seed
         self.clock = clock
@@ -653,6 +672,7 @@ class AttentiveSandbox:
             self.texts: list[dict] = []  # the bodies of /v1/text/send accepted
             self._next_bulk_job = itertools.count(1).__next__
             self._fail_rng = random.Random(self.seed)
+            self._injected: Counter[str] = Counter()
             self._next_error_id = itertools.count(1).__next__
 
     # ============================================================================================
@@ -695,6 +715,7 @@ class AttentiveSandbox:
             snapshot["events"] = self.events(event_type)
             snapshot["rate_limited"] = self.rate_limited()
             snapshot["duplicate_external_event_ids"] = self.duplicate_external_event_ids()
+            snapshot["injected"] = dict(self._injected)
         return snapshot
 
     def events(self, event_type: str | None = None) -> list[dict]:
@@ -753,7 +774,10 @@ class AttentiveSandbox:
                 headers={"Location": fault.location} if fault.location else None,
             )
         else:
-            response = self._answer(request)
+            try:
+                response = self._answer(request)
+            except _TimedOut:
+                response, delay = None, self.timeout_seconds
         status = None if response is None else response.status_code
         self.requests_log.append(LoggedRequest(request.method, request.path, request.query_string.decode("latin-1"), status))
         return response, delay
@@ -779,10 +803,13 @@ class AttentiveSandbox:
                 self._admit(name, limit, window)
             parsed = endpoint.parse(request)
             if self.fail_rate and self._fail_rng.random() < self.fail_rate:
-                raise _Abort(500, "Internal Server Error (sandbox fail_rate)")
+                kind = self._fail_rng.choice(self.fail_with) if len(self.fail_with) > 1 else self.fail_with[0]
+                self._fail(kind, name, limit)
             response = endpoint.apply(parsed, request)
         except _Abort as abort:
             response = self._error(abort.status, abort.message)
+        except _TimedOut:
+            raise
         except Exception:  # a sandbox bug must still answer in the error shape
             logger.exception("Attentive sandbox failed on %s %s", request.method, request.full_path)
             response = self._error(500, "Internal Server Error")
@@ -792,6 +819,16 @@ class AttentiveSandbox:
             response.headers["x-ratelimit-limit"] = str(limit)
             response.headers["x-ratelimit-remaining"] = str(max(0, limit - len(window)))
         return response
+
+    def _fail(self, kind: str, name: str, limit: int) -> None:
+        """Raise the failure ``kind`` that ``fail_rate`` picked for this request."""
+        self._injected[kind] += 1
+        if kind == "timeout":
+            raise _TimedOut
+        if kind == "429":
+            self._rate_limited[name] += 1
+            raise _Abort(429, f"rate limit of {limit or DEFAULT_RATE_LIMIT} requests per second exceeded for {name} (sandbox fail_rate)")
+        raise _Abort(500, "Internal Server Error (sandbox fail_rate)")
 
     def _window(self, name: str) -> deque[float]:
         """The clock times of ``name``'s requests admitted in the last second.

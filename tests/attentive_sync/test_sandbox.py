@@ -746,6 +746,28 @@ def test_fail_rate_fails_only_requests_that_would_succeed_and_records_nothing(at
     assert server.sandbox.events() == []
 
 
+def test_fail_with_mixes_500s_429s_and_timeouts_and_records_none_of_them(attentive_sandbox_factory):
+    server = attentive_sandbox_factory(fail_rate=0.5, fail_with=("500", "429", "timeout"), timeout_seconds=0.2, rate_limit=0, seed=3)
+    api = Api(server.base_url)
+    outcomes = []
+    for _ in range(60):
+        try:
+            outcomes.append(api.post(CUSTOM_EVENTS_PATH, EVENT).status_code)
+        except requests.ConnectionError:
+            outcomes.append("timeout")
+    received = requests.get(f"{server.base_url}/_sandbox/received").json()
+
+    assert set(outcomes) == {200, 500, 429, "timeout"}
+    assert received["injected"] == {kind: outcomes.count(int(kind) if kind != "timeout" else kind) for kind in ("500", "429", "timeout")}
+    assert len(received["events"]) == outcomes.count(200)  # a failed request is never processed
+    assert received["rate_limited"] == {"POST /v1/events/custom": outcomes.count(429)}
+
+
+def test_fail_with_refuses_an_unknown_kind(attentive_sandbox_factory):
+    with pytest.raises(ValueError, match="fail_with"):
+        attentive_sandbox_factory(fail_rate=0.5, fail_with=("503",))
+
+
 def test_latency_delays_each_answer_but_concurrent_requests_overlap(attentive_sandbox_factory):
     server = attentive_sandbox_factory(latency_ms=100, rate_limit=0)
     api = Api(server.base_url)

@@ -24,14 +24,24 @@ class Command(BaseCommand):
             "--rate-limit", type=int, default=DEFAULT_RATE_LIMIT,
             help="requests per second of most endpoints (identity 10, subscribe 10, unsubscribe 5); 0 = unlimited",
         )
-        parser.add_argument("--fail-rate", type=float, default=0.0, help="share (0-1) of valid requests answered 500")
+        parser.add_argument("--fail-rate", type=float, default=0.0, help="share (0-1) of valid requests that fail")
+        parser.add_argument(
+            "--fail-with", default="500",
+            help="how they fail, one picked at random each time: a comma-separated mix of 500, 429, timeout (500)",
+        )
+        parser.add_argument(
+            "--timeout-seconds", type=float, default=15.0,
+            help="how long a 'timeout' failure holds the connection before dropping it (15)",
+        )
         parser.add_argument("--latency-ms", type=float, default=0, help="delay of every answer")
         parser.add_argument("--seed", type=int, default=0, help="same seed, same requests failed by --fail-rate")
 
-    def handle(self, *args, host, port, api_key, rate_limit, fail_rate, latency_ms, seed, **options):
+    def handle(self, *args, host, port, api_key, rate_limit, fail_rate, fail_with, timeout_seconds, latency_ms, seed, **options):
         try:
             sandbox = AttentiveSandbox(
-                api_key=api_key, rate_limit=rate_limit, fail_rate=fail_rate, latency_ms=latency_ms, seed=seed
+                api_key=api_key, rate_limit=rate_limit, fail_rate=fail_rate, latency_ms=latency_ms, seed=seed,
+                fail_with=tuple(kind.strip() for kind in fail_with.split(",") if kind.strip()),
+                timeout_seconds=timeout_seconds,
             )
         except ValueError as exc:
             raise CommandError(str(exc)) from exc
@@ -39,7 +49,7 @@ class Command(BaseCommand):
         def announce(base_url: str) -> None:
             limits = f"rate limit {rate_limit}/s (identity and subscribe 10/s, unsubscribe 5/s)" if rate_limit else "no rate limit"
             self.stdout.write(f"Attentive sandbox on {base_url}  (API key: {api_key})")
-            self.stdout.write(f"{limits}, fail rate {fail_rate:g}, latency {latency_ms:g} ms, seed {seed}. Ctrl-C stops it.")
+            self.stdout.write(f"{limits}, fail rate {fail_rate:g}{f" ({fail_with})" if fail_rate else ""}, latency {latency_ms:g} ms, seed {seed}. Ctrl-C stops it.")
             self.stdout.flush()
 
         # werkzeug handles Ctrl-C and closes the port.
