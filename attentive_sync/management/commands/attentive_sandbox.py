@@ -49,7 +49,8 @@ class Command(BaseCommand):
         def announce(base_url: str) -> None:
             limits = f"rate limit {rate_limit}/s (identity and subscribe 10/s, unsubscribe 5/s)" if rate_limit else "no rate limit"
             self.stdout.write(f"Attentive sandbox on {base_url}  (API key: {api_key})")
-            self.stdout.write(f"{limits}, fail rate {fail_rate:g}{f" ({fail_with})" if fail_rate else ""}, latency {latency_ms:g} ms, seed {seed}. Ctrl-C stops it.")
+            mix = f" ({fail_with})" if fail_rate else ""
+            self.stdout.write(f"{limits}, fail rate {fail_rate:g}{mix}, latency {latency_ms:g} ms, seed {seed}. Ctrl-C stops it.")
             self.stdout.flush()
 
         # werkzeug handles Ctrl-C and closes the port.
