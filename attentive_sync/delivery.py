@@ -24,6 +24,7 @@ at once, and one queueing lock per delivery keeps at most one job waiting for it
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import json
 import logging
@@ -396,7 +397,7 @@ def _send_all(
         except AttentiveError as exc:
             return _Try(started_at, (time.perf_counter() - clock) * 1000, exc.status, exc.body, exc)
         except Exception as exc:  # a bug must cost a retry, not the whole batch's results
-            logger.exception("sending delivery %s failed unexpectedly", delivery.pk)
+            logger.exception("sending delivery %s failed unexpectedly", delivery.pk, extra={"delivery_id": delivery.pk})
             failure = AttentiveConnectionError(f"the send failed unexpectedly ({exc.__class__.__name__})")
             return _Try(started_at, (time.perf_counter() - clock) * 1000, failure=failure)
         finally:
@@ -420,7 +421,8 @@ def _send_all(
                     break  # not sent: handed back (or expired) when the batch is recorded
                 _free_send_threads.acquire()
                 if time.monotonic() <= slot + SLOT_TOLERANCE:
-                    futures[index] = _send_pool.submit(send, delivery)
+                    # In this job's log context (job id; ``send`` names its own delivery).
+                    futures[index] = _send_pool.submit(contextvars.copy_context().run, send, delivery)
                     break
                 # Missed this slot (a busy CPU): skip it, never send late into the next one's time.
                 _free_send_threads.release()
@@ -456,7 +458,9 @@ def _record(deliveries: list[Delivery], tries: list[_Try | None], settings, poli
     now = timezone.now()
     for delivery, attempt in zip(deliveries, tries):
         if delivery.pk not in still_ours:
-            logger.warning("delivery %s outlived its lease; its result is not recorded", delivery.pk)
+            logger.warning(
+                "delivery %s outlived its lease; its result is not recorded", delivery.pk, extra={"delivery_id": delivery.pk}
+            )
             continue
         delivery.leased_until = None
         written.append(delivery)
@@ -506,7 +510,10 @@ def _record(deliveries: list[Delivery], tries: list[_Try | None], settings, poli
             )
         )
         if outcome != DeliveryAttempt.Outcome.DELIVERED:
-            logger.warning("delivery %s (%s): %s → %s", delivery.pk, delivery.external_event_id, error, outcome)
+            logger.warning(
+                "delivery %s (%s): %s → %s", delivery.pk, delivery.external_event_id, error, outcome,
+                extra={"delivery_id": delivery.pk},
+            )
     _save_outcomes(written)
     DeliveryAttempt.objects.bulk_create(attempts)
     for delivery in retries:

@@ -127,6 +127,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First: every line logged while serving a request carries its id (portal/log_context.py).
+    "portal.log_context.RequestIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "portal.security.PortalCSPMiddleware",
     # Serves static/ itself (compressed, cached), so the portal needs no web server or CDN.
@@ -156,6 +158,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "portal.alerts.alert_banner",  # the operational alert's banner, on every page
             ],
         },
     },
@@ -281,13 +284,39 @@ SALT_KEY = _read("list", "FIELD_ENCRYPTION_SALTS", ["sparkfly-attentive-portal"]
 # /healthz reports the worker unhealthy when no worker heartbeat is newer than this.
 WORKER_HEARTBEAT_MAX_AGE_SECONDS = _read("int", "WORKER_HEARTBEAT_MAX_AGE_SECONDS", 60)
 
+# --- Observability (README "Observability") ---------------------------------------------------
+# /metrics answers loopback callers, and others that send "Authorization: Bearer <METRICS_TOKEN>"
+# (unset: loopback only); anyone else gets 403.
+METRICS_TOKEN = _read("str", "METRICS_TOKEN", "")
+# The alert (portal/alerts.py, checked every minute) fires on this many failed delivery tries in a
+# row, on any delivery gone dead in the last ALERT_DEAD_LETTER_MINUTES, and when the oldest job
+# due or the oldest delivery not yet through is older than ALERT_BACKLOG_MINUTES.
+ALERT_FAILED_ATTEMPTS = _read("int", "ALERT_FAILED_ATTEMPTS", 5)
+ALERT_DEAD_LETTER_MINUTES = _read("int", "ALERT_DEAD_LETTER_MINUTES", 60)
+ALERT_BACKLOG_MINUTES = _read("int", "ALERT_BACKLOG_MINUTES", 15)
+# The worker binds each job's id and id arguments to its log lines (portal/log_context.py).
+from portal.log_context import job_ids_middleware  # noqa: E402 — plain Python, no Django import
+
+PROCRASTINATE_WORKER_DEFAULTS = {"worker_middleware": [job_ids_middleware]}
+
+# json: one JSON object per line (time, level, logger, message, request/job/delivery ids), for
+# log collectors; plain: text for a terminal. json unless DEBUG (`make run` is plain).
+LOG_FORMAT = _read("str", "LOG_FORMAT", "plain" if DEBUG else "json")
+if LOG_FORMAT not in {"json", "plain"}:
+    raise ImproperlyConfigured(f"LOG_FORMAT={LOG_FORMAT!r} is not json or plain")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-    "filters": {"redact_secrets": {"()": "portal.logs.RedactCallbackSecrets"}},
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"},
+        "json": {"()": "portal.logs.JsonLines"},
+    },
+    "filters": {
+        "redact_secrets": {"()": "portal.logs.RedactCallbackSecrets"},
+        "ids": {"()": "portal.log_context.IdsOnRecords"},
+    },
     "handlers": {
-        "console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["redact_secrets"]}
+        "console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT, "filters": ["redact_secrets", "ids"]}
     },
     "root": {"handlers": ["console"], "level": _read("str", "LOG_LEVEL", "INFO")},
     "loggers": {

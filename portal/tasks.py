@@ -38,6 +38,15 @@ def refresh_rollups(timestamp: int) -> None:
     rollups_refresh()
 
 
+@app.periodic(cron="* * * * *", periodic_id="portal-check-alerts")
+@app.task(name="portal.check_alerts", queue="maintenance", queueing_lock="portal-alerts", lock="portal-alerts")
+def check_alerts(timestamp: int) -> None:
+    """Every minute: check the delivery alert's rules and update the banner's row (``portal.alerts``)."""
+    from portal.alerts import alerts_check
+
+    alerts_check()
+
+
 @app.periodic(cron="17 3 * * *", periodic_id="portal-rebuild-rollups")
 @app.task(name="portal.rebuild_rollups", queue="maintenance", queueing_lock="portal-rollups-rebuild", lock="portal-rollups")
 def rebuild_rollups(timestamp: int) -> None:

@@ -320,6 +320,10 @@ class SparkflySandbox:
     ``count_requests``, ``callbacks`` (conversion callbacks made), ``notifications`` (event
     notifications delivered), ``award_points``/``redeem_points``. The same helpers are served
     over HTTP under ``/_sandbox/`` for processes that only hold the URL.
+
+    ``duplicate_callbacks``: the share of conversion callbacks delivered twice, as Sparkfly
+    may (it delivers at least once): half of them as two calls at the same moment, half as a
+    second call after the first answered. Picked by a stream of its own from ``seed``.
     """
 
     def __init__(
@@ -338,7 +342,10 @@ class SparkflySandbox:
         clock: Callable[[], datetime] = _utcnow,
         callback_method: str = "POST",
         callback_body: str = "none",
+        duplicate_callbacks: float = 0.0,
     ) -> None:
+        if not 0.0 <= duplicate_callbacks <= 1.0:
+            raise ValueError("duplicate_callbacks must be between 0 and 1")
         if callback_body not in CALLBACK_BODIES:
             raise ValueError(f"callback_body must be one of {', '.join(CALLBACK_BODIES)}, got {callback_body!r}")
         if callback_body != "none" and callback_method.upper() != "POST":
@@ -350,6 +357,8 @@ class SparkflySandbox:
         self.clock = clock
         self.callback_method = callback_method.upper()
         self.callback_body = callback_body
+        self.duplicate_callbacks = duplicate_callbacks
+        self._duplicate_rng = random.Random(f"{seed}/duplicates")
 
         self.requests_log: list[LoggedRequest] = []
         self.callbacks: list[dict[str, Any]] = []
@@ -1671,16 +1680,36 @@ class SparkflySandbox:
             else:
                 data = json.dumps(dict(parameters), separators=(",", ":")).encode("utf-8")
                 headers["Content-Type"] = "application/json"
-        status, error = self._call_out(url, self.callback_method, data, headers)
-        entry = {
-            "url": url,
-            "method": self.callback_method,
-            "status": status,
-            "error": error,
-            "body": None if data is None else data.decode("utf-8"),
-        }
         with self._lock:
-            self.callbacks.append(entry)
+            draw = self._duplicate_rng.random()
+        copies = "once"
+        if draw < self.duplicate_callbacks:
+            copies = "concurrent" if draw < self.duplicate_callbacks / 2 else "again"
+
+        def call(copy: int) -> None:
+            status, error = self._call_out(url, self.callback_method, data, headers)
+            entry = {
+                "url": url,
+                "method": self.callback_method,
+                "status": status,
+                "error": error,
+                "body": None if data is None else data.decode("utf-8"),
+            }
+            if self.duplicate_callbacks:
+                entry.update(copy=copy, copies=copies)
+            with self._lock:
+                self.callbacks.append(entry)
+
+        if copies == "concurrent":
+            twins = [threading.Thread(target=call, args=(copy,)) for copy in (0, 1)]
+            for twin in twins:
+                twin.start()
+            for twin in twins:
+                twin.join()
+            return
+        call(0)
+        if copies == "again":
+            call(1)
 
     @staticmethod
     def _call_out(url: str, method: str, data: bytes | None, headers: dict[str, str]) -> tuple[int | None, str | None]:

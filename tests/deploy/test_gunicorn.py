@@ -46,6 +46,7 @@ def test_gunicorn_access_log_masks_the_callback_secret(tmp_path):
         "PORT": str(port),
         "WEB_CONCURRENCY": "2",
         "CONN_MAX_AGE": "60",
+        "LOG_FORMAT": "plain",  # gunicorn's combined format (the JSON lines: test_gunicorn_json_logs.py)
     }
     gunicorn = Path(sys.executable).with_name("gunicorn")
     with open(log_path, "wb") as log:

@@ -729,6 +729,29 @@ def test_callback_body_is_none_form_or_json_and_only_with_post(options):
         SparkflySandbox(members=0, offers=0, **options)
 
 
+def test_duplicate_callbacks_delivers_a_share_twice_at_once_or_one_after_the_other(sparkfly_sandbox_factory, callback_receiver):
+    server = sparkfly_sandbox_factory(duplicate_callbacks=0.5, members=60, seed=4)
+    api = Api(server.base_url)
+    running = _offers_by_kind(api)["running"]
+    api.put(f"/v1.0/channels/{running['channels'][0]['channel']['id']}",
+            json={"channel": {"conversion_callback_url": callback_receiver.url + "/cb/%{credential_id}"}})
+    members = api.get("/v1.0/members", params={"per_page": 40}).json()["members"]
+    for member in members:
+        member_id = (member.get("member") or member)["id"]
+        credential = _credential(api, offer=running, member_id=member_id).json()["credential"]
+        assert api.put(f"/v1.0/credentials/{credential['id']}/redeem").status_code == 201
+
+    by_url: dict[str, list[dict]] = {}
+    for entry in server.sandbox.callbacks:
+        by_url.setdefault(entry["url"], []).append(entry)
+    kinds = {url: entries[0]["copies"] for url, entries in by_url.items()}
+    assert len(by_url) == 40
+    assert {kind: list(kinds.values()).count(kind) for kind in set(kinds.values())}.keys() == {"once", "concurrent", "again"}
+    assert all(len(by_url[url]) == (1 if kind == "once" else 2) for url, kind in kinds.items())
+    assert all(sorted(entry["copy"] for entry in by_url[url]) == [0, 1] for url, kind in kinds.items() if kind != "once")
+    assert len(callback_receiver.calls) == len(server.sandbox.callbacks)
+
+
 @pytest.mark.parametrize("target", ["fail", "closed-port"])
 def test_a_failing_callback_is_logged_and_never_fails_the_redeem(api, sparkfly_sandbox, callback_receiver, target):
     url = callback_receiver.url + "/fail" if target == "fail" else "http://127.0.0.1:9/cb"  # port 9: discard, closed
