@@ -14,6 +14,9 @@ directory, or pass ``--config gunicorn.conf.py``). Every value can be changed fr
 
 Each worker keeps a database connection per thread for CONN_MAX_AGE seconds (set 60 here).
 The access log goes to stdout with every conversion callback's secret masked (portal/logs.py).
+With LOG_FORMAT=json (the default unless DEBUG, as in the settings) gunicorn's access and error
+lines are JSON objects like the portal's own, the access line with the request id the portal
+echoed in X-Request-ID.
 """
 
 import multiprocessing
@@ -26,7 +29,8 @@ from gunicorn.glogging import Logger
 
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
-from portal.logs import RedactCallbackSecrets  # noqa: E402 — needs the project on sys.path
+from portal.log_context import REQUEST_ID_HEADER  # noqa: E402 — needs the project on sys.path
+from portal.logs import JsonLines, RedactCallbackSecrets  # noqa: E402
 
 environ.Env.read_env(ROOT / ".env", overwrite=False)  # as the settings do: the environment wins
 
@@ -36,13 +40,42 @@ def _int(name: str, default: int) -> int:
     return int(raw) if raw else default
 
 
+def _json_logs() -> bool:
+    debug = os.environ.get("DEBUG", "").strip().lower() in {"true", "1", "yes", "on"}
+    return (os.environ.get("LOG_FORMAT") or ("plain" if debug else "json")) == "json"
+
+
 class RedactingLogger(Logger):
-    """gunicorn's logger, with the callback secret masked in access and error lines alike."""
+    """gunicorn's logger, with the callback secret masked in access and error lines alike, and
+    JSON lines when LOG_FORMAT=json."""
 
     def setup(self, cfg):
         super().setup(cfg)
         for log in (self.access_log, self.error_log):
             log.addFilter(RedactCallbackSecrets())
+            if _json_logs():
+                for handler in log.handlers:
+                    handler.setFormatter(JsonLines())
+
+    def access(self, resp, req, environ, request_time):
+        if not _json_logs():
+            return super().access(resp, req, environ, request_time)
+        if not self.access_log_enabled:
+            return
+        atoms = self.atoms(resp, req, environ, request_time)
+        fields = {
+            "remote_addr": atoms["h"],
+            "forwarded_for": atoms.get("{x-forwarded-for}i"),
+            "method": atoms["m"],
+            "path": environ.get("RAW_URI") or atoms["U"],
+            "status": int(atoms["s"]) if str(atoms["s"]).isdigit() else atoms["s"],
+            "bytes": atoms["B"],
+            "duration_ms": round(request_time.total_seconds() * 1000, 1),
+            "referer": atoms["f"],
+            "user_agent": atoms["a"],
+            "request_id": atoms.get("{%s}o" % REQUEST_ID_HEADER.lower()),
+        }
+        self.access_log.info("%s %s %s", fields["method"], fields["path"], fields["status"], extra=fields)
 
 
 wsgi_app = "portal.wsgi:application"

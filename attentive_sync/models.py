@@ -226,6 +226,12 @@ class DeliveryAttempt(models.Model):
 
     class Meta:
         ordering = ["-started_at"]
+        indexes = [
+            # The alert's dead letters of the last hour (portal.alerts): a few rows among millions.
+            models.Index(
+                fields=["started_at"], name="attempt_dead_recent", condition=Q(outcome__in=["dead", "expired"])
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"attempt at {self.started_at:%Y-%m-%d %H:%M:%S} → {self.status_code or self.error[:40]}"

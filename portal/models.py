@@ -127,3 +127,18 @@ class RollupRefresh(models.Model):
 
     def __str__(self) -> str:
         return f"rollups as of {self.refreshed_at:%Y-%m-%d %H:%M:%S}"
+
+
+class OperationalAlert(models.Model):
+    """The single row of the delivery alert (``portal.alerts``): rewritten by the check every
+    minute, read by every page's banner (one row, one query)."""
+
+    problems = models.JSONField(
+        default=list, blank=True, help_text='rules firing now: [{"rule": …, "message": …}], empty when all is well'
+    )
+    firing_since = models.DateTimeField(null=True, blank=True, help_text="start of the incident; empty when all clear")
+    cleared_at = models.DateTimeField(null=True, blank=True, help_text="the last all-clear")
+    checked_at = models.DateTimeField(null=True, blank=True, help_text="when the rules were last checked")
+
+    def __str__(self) -> str:
+        return "; ".join(problem["message"] for problem in self.problems) or "all clear"
