@@ -62,7 +62,7 @@ RETRYABLE_STATUSES = frozenset({408, 429}) | frozenset(range(500, 600))
 MAX_STORED_RESPONSE = 2000
 # A waiting delivery whose try is this late has lost its job (a worker died mid-send, or it
 # was held while sending was off): the sweeper queues it again.
-OVERDUE_AFTER = timedelta(minutes=2)
+OVERDUE_AFTER = timedelta(seconds=django_settings.ATTENTIVE_SEND_LEASE_SECONDS)
 SWEEP_BATCH = 1000
 
 
@@ -239,13 +239,13 @@ SEND_THREADS = 16
 # How long one job keeps draining a backlog before it lets the worker take other jobs.
 DRAIN_SECONDS = 10.0
 # A claimed batch is the claiming worker's for this long (sending it takes seconds at most:
-# the rate limit's wait plus a 10 s total timeout per request).
-SEND_LEASE = timedelta(minutes=2)
+# the rate limit's wait plus one ATTENTIVE_TIMEOUT_SECONDS per request; 2 minutes by default).
+SEND_LEASE = timedelta(seconds=django_settings.ATTENTIVE_SEND_LEASE_SECONDS)
 # How late a send may leave after its rate-limit slot before the slot counts as missed (at
 # any rate r, sends then stay under r x 1.01 + 1 in any second).
 SLOT_TOLERANCE = 0.01
-# No send leaves in the last part of its batch's lease (a send can take 10 s).
-LEASE_MARGIN = timedelta(seconds=20)
+# No send leaves in the last part of its batch's lease (a send can take the whole timeout).
+LEASE_MARGIN = timedelta(seconds=2 * django_settings.ATTENTIVE_TIMEOUT_SECONDS)
 # Shorter waits are not worth a sleep (the OS wakes us a millisecond late anyway).
 MIN_SLEEP = 0.001
 
@@ -444,7 +444,9 @@ def _thread_client(settings: AttentiveSettings, factory) -> AttentiveClient:
 
 
 def _client_for(settings: AttentiveSettings) -> AttentiveClient:
-    return AttentiveClient(api_key=settings.key, base_url=settings.api_url)
+    return AttentiveClient(
+        api_key=settings.key, base_url=settings.api_url, total_timeout=django_settings.ATTENTIVE_TIMEOUT_SECONDS
+    )
 
 
 def _record(deliveries: list[Delivery], tries: list[_Try | None], settings, policy: RetryPolicy, lease) -> None:

@@ -11,6 +11,7 @@ in the app the other depends on.
 
 from __future__ import annotations
 
+from django.conf import settings
 from procrastinate import jobs, manager
 from procrastinate.contrib.django.django_connector import DjangoConnector
 
@@ -48,9 +49,14 @@ def queue_once(task, *, queueing_lock: str, at=None, exclusive: bool = False, **
             )
 
 
-# A worker that sent no heartbeat for this long is dead (procrastinate's own stalled-worker
-# timeout is 30 s, with a heartbeat every 10 s); portal.tasks.retry_stalled_jobs uses the same.
-STALLED_AFTER_SECONDS = 60
+# A worker that sent no heartbeat for this long is dead (60 s by default; portal.worker beats
+# every sixth of it); portal.tasks.retry_stalled_jobs uses the same.
+STALLED_AFTER_SECONDS = settings.WORKER_STALLED_AFTER_SECONDS
+# When the maintenance jobs run (the stalled-job retry, the delivery sweep): each minute by
+# default, every MAINTENANCE_INTERVAL_SECONDS in tests (croniter's sixth field is seconds).
+MAINTENANCE_CRON = (
+    "* * * * *" if settings.MAINTENANCE_INTERVAL_SECONDS >= 60 else f"* * * * * */{settings.MAINTENANCE_INTERVAL_SECONDS}"
+)
 
 
 def job_of(queueing_lock: str) -> tuple[str, int | None]:

@@ -13,6 +13,7 @@ from attentive_sync.errors import (
     AttentiveRateLimited,
     AttentiveServerError,
 )
+from attentive_sync.jobs import MAINTENANCE_CRON
 
 # Registers SegmentPush (it lives with its services, not in models.py) wherever jobs run.
 from attentive_sync.segments import SegmentPush  # noqa: E402,F401
@@ -28,7 +29,7 @@ def deliver_event(delivery_id: int) -> None:
     deliver(delivery_id)
 
 
-@app.periodic(cron="* * * * *", periodic_id="attentive-delivery-sweep")
+@app.periodic(cron=MAINTENANCE_CRON, periodic_id="attentive-delivery-sweep")
 @app.task(name="attentive_sync.sweep_deliveries", queue="deliveries")
 def sweep_deliveries(timestamp: int) -> None:
     """Every minute: expire deliveries past the maximum age, requeue those that lost their job."""

@@ -183,6 +183,11 @@ else:
 # instead of failing a request on it.
 DATABASES["default"].setdefault("CONN_MAX_AGE", _read("int", "CONN_MAX_AGE", 0))
 DATABASES["default"].setdefault("CONN_HEALTH_CHECKS", True)
+# Seconds to wait for PostgreSQL to accept a connection: an unreachable database (a restart, a
+# failover, a lost network) then costs a webhook this long before its 503, never a hang.
+DATABASES["default"].setdefault("OPTIONS", {}).setdefault(
+    "connect_timeout", _read("int", "DATABASE_CONNECT_TIMEOUT", 5)
+)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [
@@ -283,6 +288,22 @@ SALT_KEY = _read("list", "FIELD_ENCRYPTION_SALTS", ["sparkfly-attentive-portal"]
 # --- Health -----------------------------------------------------------------------------------
 # /healthz reports the worker unhealthy when no worker heartbeat is newer than this.
 WORKER_HEARTBEAT_MAX_AGE_SECONDS = _read("int", "WORKER_HEARTBEAT_MAX_AGE_SECONDS", 60)
+
+# --- Recovery (README "Failure behaviour") -----------------------------------------------------
+# Production keeps the defaults; tests and the chaos benchmark shorten them to see a killed
+# worker's work finished in seconds. A worker silent for WORKER_STALLED_AFTER_SECONDS is dead
+# (it beats every sixth of that): its jobs are queued again. A batch of deliveries is its
+# sender's for ATTENTIVE_SEND_LEASE_SECONDS, then sent again by another job (no send leaves in
+# the last 2 x ATTENTIVE_TIMEOUT_SECONDS of it). The stalled-job retry and the delivery sweep
+# run every MAINTENANCE_INTERVAL_SECONDS (a divisor of 60, or 60).
+WORKER_STALLED_AFTER_SECONDS = _read("int", "WORKER_STALLED_AFTER_SECONDS", 60)
+ATTENTIVE_TIMEOUT_SECONDS = _read("float", "ATTENTIVE_TIMEOUT_SECONDS", 10.0)
+ATTENTIVE_SEND_LEASE_SECONDS = _read("int", "ATTENTIVE_SEND_LEASE_SECONDS", 120)
+MAINTENANCE_INTERVAL_SECONDS = _read("int", "MAINTENANCE_INTERVAL_SECONDS", 60)
+if 60 % MAINTENANCE_INTERVAL_SECONDS:
+    raise ImproperlyConfigured(f"MAINTENANCE_INTERVAL_SECONDS={MAINTENANCE_INTERVAL_SECONDS} does not divide 60")
+if ATTENTIVE_SEND_LEASE_SECONDS < 3 * ATTENTIVE_TIMEOUT_SECONDS:
+    raise ImproperlyConfigured("ATTENTIVE_SEND_LEASE_SECONDS must be at least 3 x ATTENTIVE_TIMEOUT_SECONDS")
 
 # --- Observability (README "Observability") ---------------------------------------------------
 # /metrics answers loopback callers, and others that send "Authorization: Bearer <METRICS_TOKEN>"

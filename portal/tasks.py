@@ -4,7 +4,7 @@ import logging
 
 from procrastinate.contrib.django import app
 
-from attentive_sync.jobs import STALLED_AFTER_SECONDS
+from attentive_sync.jobs import MAINTENANCE_CRON, STALLED_AFTER_SECONDS
 
 logger = logging.getLogger(__name__)
 
@@ -15,7 +15,7 @@ def noop() -> None:
     for the delivery rate."""
 
 
-@app.periodic(cron="* * * * *", periodic_id="portal-retry-stalled-jobs")
+@app.periodic(cron=MAINTENANCE_CRON, periodic_id="portal-retry-stalled-jobs")
 @app.task(name="portal.retry_stalled_jobs", queue="maintenance", pass_context=True)
 async def retry_stalled_jobs(context, timestamp: int) -> None:
     """Every minute: put back in the queue the jobs of workers that died mid-job (a SIGKILL, a

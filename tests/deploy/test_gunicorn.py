@@ -31,7 +31,7 @@ def free_port() -> int:
 def test_the_procfile_runs_gunicorn_with_this_config_and_a_worker():
     processes = dict(line.split(": ", 1) for line in (ROOT / "Procfile").read_text().splitlines() if line.strip())
     assert processes["web"] == "gunicorn --config gunicorn.conf.py"
-    assert processes["worker"].startswith("python manage.py procrastinate worker")
+    assert processes["worker"].startswith("python manage.py run_worker")
     assert processes["release"] == "python manage.py migrate --noinput"
 
 
