@@ -73,7 +73,7 @@ class Command(BaseCommand):
                 "attentive_sandbox", "--host", "127.0.0.1", "--port", str(attentive_sandbox_port)
             ]
         processes["web"] = manage + ["runserver", f"{host}:{port}"]
-        processes["worker"] = manage + ["procrastinate", "worker"]
+        processes["worker"] = manage + ["run_worker"]
 
         children = {name: subprocess.Popen(command, env=env) for name, command in processes.items()}
         self.stdout.write(self.style.SUCCESS("\nThe portal is starting:"))
