@@ -30,7 +30,7 @@ from django.conf import settings
 from django.contrib.postgres.fields import ArrayField
 from django.contrib.postgres.indexes import GinIndex
 from django.db import models
-from django.db.models.functions import Collate
+from django.db.models.functions import Coalesce, Collate
 from encrypted_fields.fields import EncryptedCharField
 
 
@@ -465,7 +465,14 @@ class Notification(ForwardedRecord):
     processed_at = models.DateTimeField(null=True, blank=True)
 
     class Meta(ForwardedRecord.Meta):
-        pass
+        indexes = [
+            # The dashboard's rollups count points redeemed on the day they occurred: a day's
+            # events, however late they were received (``portal.rollups``).
+            models.Index(
+                Coalesce("occurred_at", "received_at"), name="notification_points_occurred",
+                condition=models.Q(event_name="loyalty.enrollment.points.redeemed"),
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"{self.event_name} {self.event_id}"
@@ -585,6 +592,9 @@ class IssuanceRequest(models.Model):
                 fields=["finished_at"], name="issuance_events_pending",
                 condition=models.Q(state="issued", events="pending"),
             ),
+            # The dashboard's rollups: the issued requests of a few days, and those issued since
+            # the last refresh (``portal.rollups``), without reading every request.
+            models.Index(fields=["finished_at"], name="issuance_issued_finished", condition=models.Q(state="issued")),
         ]
 
     def __str__(self) -> str:

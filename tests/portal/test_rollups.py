@@ -255,3 +255,19 @@ def test_a_range_splits_into_whole_months_and_the_days_around_them(start, end, e
             covered += [month + timedelta(days=n) for n in range((following - month).days)]
             month = following
     assert sorted(covered) == [start + timedelta(days=n) for n in range((end - start).days + 1)]
+
+
+def test_a_refresh_after_one_new_record_rewrites_only_that_records_day(records):
+    rollups_refresh()
+    other_days = set(DailyActivity.objects.exclude(day=date(2026, 3, 2)).values_list("pk", flat=True))
+    activity.redemption(11, OFFER_B, datetime(2026, 3, 2, 9, tzinfo=NEW_YORK), store_id=STORE_1)
+    assert rollups_refresh() == [date(2026, 3, 2)]
+    assert set(DailyActivity.objects.exclude(day=date(2026, 3, 2)).values_list("pk", flat=True)) == other_days
+    assert rollup_table() == direct_counts()
+    # Days apart (two ranges of instants) are each recomputed whole, and nothing between them.
+    activity.redemption(12, OFFER_A, datetime(2026, 3, 1, 23, tzinfo=NEW_YORK))
+    activity.issuance(2, [OFFER_B], datetime(2026, 3, 3, 0, 30, tzinfo=NEW_YORK))
+    march_2 = set(DailyActivity.objects.filter(day=date(2026, 3, 2)).values_list("pk", flat=True))
+    assert rollups_refresh(days=[date(2026, 3, 3), date(2026, 3, 1)]) == [date(2026, 3, 1), date(2026, 3, 3)]
+    assert set(DailyActivity.objects.filter(day=date(2026, 3, 2)).values_list("pk", flat=True)) == march_2
+    assert rollup_table() == direct_counts()
