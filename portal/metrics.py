@@ -7,13 +7,12 @@ the tables already hold every fact, the same for every process that answers a sc
 collector (``PortalCollector``) runs a handful of cheap queries per scrape, and any web
 process, behind any load balancer, answers with the same numbers.
 
-Why gauges where Prometheus usually has counters: the tables they are counted from are
-pruned (README "Retention"). A counter must never go down, and these would when a night's
-retention deletes a month-old day. So:
+Counters and gauges: the tables the facts live in are pruned (README "Retention"), and a
+counter must never go down. So:
 
-* callbacks received and rejected are counted over the webhook requests kept, i.e. over the
-  retention window (``portal_callbacks``; ``increase()`` is meaningless on them, ``delta()``
-  over a window shorter than the retention period is right);
+* callbacks received and rejected are true counters (``portal_callbacks_total``): a minute's
+  job counts the requests per day into ``DailyCallbacks`` and never lowers a count when old
+  requests are deleted (``portal.callback_counts``), so a scrape sums a few hundred rows;
 * deliveries by status and the forwarding-delay histogram come from the dashboard's daily
   rollups (``portal.models.DailyDeliveries``, refreshed every minute), the same figures the
   dashboard shows, so the scrape reads a few thousand rollup rows, not a million deliveries.
@@ -21,9 +20,10 @@ retention deletes a month-old day. So:
   own delay before its callback is in it), bucketed within 10 % (the rollup's 1.1× buckets); a
   rollup bucket counts under ``le`` only when all of it is at most ``le``.
 
-A counters table incremented in the webhook's transaction would give true counters, at the
-price of one hot row updated by every callback (every concurrent ingest would queue on its
-lock); the retention-window gauges cost nothing on the write path.
+A counters table incremented in the webhook's own transaction would be exact to the request,
+at the price of one hot row updated by every callback (concurrent ingests would queue on its
+lock); the minute's count costs the webhook nothing. Deliveries are gauges: a delivery moves
+between statuses (pending → failed → delivered), so its status count goes up and down.
 
 Everything else is a point-in-time gauge: the job queue, the deliveries and records waiting,
 the age of the oldest of each, mirror sync ages, worker heartbeats, the alert's rules.
@@ -43,7 +43,7 @@ from django.http import HttpResponse, HttpResponseForbidden
 from django.utils import timezone
 from django.views.decorators.http import require_GET
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from portal.models import DailyDeliveries
@@ -65,9 +65,10 @@ REJECTION_REASONS = {
 
 _STATEMENTS = {
     # Index-only over inbound_outcome_recent (outcome, received_at); rejected ones are few.
-    "callbacks": "SELECT outcome, count(*) FROM sparkfly_sync_inboundrequest GROUP BY outcome",
+    # Counted per day every minute (portal.callback_counts): a few hundred rows.
+    "callbacks": "SELECT outcome, sum(requests) FROM portal_dailycallbacks GROUP BY outcome",
     "rejections": (
-        "SELECT kind, status_code, count(*) FROM sparkfly_sync_inboundrequest "
+        "SELECT kind, status_code, sum(requests) FROM portal_dailycallbacks "
         "WHERE outcome = 'rejected' GROUP BY kind, status_code"
     ),
     "deliveries": "SELECT status, sum(deliveries) FROM portal_dailydeliveries GROUP BY status",
@@ -160,24 +161,24 @@ class PortalCollector:
         from portal.alerts import RULES, alert_state
 
         with connection.cursor() as cursor:
-            callbacks = GaugeMetricFamily(
+            callbacks = CounterMetricFamily(
                 "portal_callbacks",
-                "Webhook requests kept (the retention window), by what came of them: accepted, duplicate, "
-                "ignored, rejected.",
+                "Webhook requests received, by what came of them: accepted, duplicate, ignored, rejected "
+                "(counted every minute).",
                 labels=["outcome"],
             )
             for outcome, count in _rows(cursor, "callbacks"):
-                callbacks.add_metric([outcome], count)
+                callbacks.add_metric([outcome], int(count))
             yield callbacks
 
-            rejected = GaugeMetricFamily(
+            rejected = CounterMetricFamily(
                 "portal_callbacks_rejected",
-                "Webhook requests answered 4xx (over the retention window), by kind and reason.",
+                "Webhook requests answered 4xx, by kind and reason (counted every minute).",
                 labels=["kind", "reason", "status_code"],
             )
             for kind, status_code, count in _rows(cursor, "rejections"):
                 reason = REJECTION_REASONS.get(status_code, f"http_{status_code}")
-                rejected.add_metric([kind, reason, str(status_code)], count)
+                rejected.add_metric([kind, reason, str(status_code)], int(count))
             yield rejected
 
             deliveries = GaugeMetricFamily(

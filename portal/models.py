@@ -142,3 +142,23 @@ class OperationalAlert(models.Model):
 
     def __str__(self) -> str:
         return "; ".join(problem["message"] for problem in self.problems) or "all clear"
+
+
+class DailyCallbacks(models.Model):
+    """Webhook requests received on one day (UTC), per kind, outcome and answer: /metrics's
+    callback counters (``portal.callback_counts``), which outlive the requests' retention."""
+
+    day = models.DateField()
+    kind = models.CharField(max_length=20)
+    outcome = models.CharField(max_length=20)
+    status_code = models.PositiveSmallIntegerField()
+    requests = models.PositiveIntegerField()
+
+    class Meta:
+        verbose_name_plural = "daily callbacks"
+        constraints = [
+            models.UniqueConstraint(fields=["day", "kind", "outcome", "status_code"], name="daily_callbacks_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.day} {self.kind} {self.outcome} {self.status_code}: {self.requests}"

@@ -38,6 +38,15 @@ def refresh_rollups(timestamp: int) -> None:
     rollups_refresh()
 
 
+@app.periodic(cron="* * * * *", periodic_id="portal-count-callbacks")
+@app.task(name="portal.count_callbacks", queue="maintenance", queueing_lock="portal-callback-counts")
+def count_callbacks(timestamp: int) -> None:
+    """Every minute: count today's and yesterday's webhook requests for /metrics (``portal.callback_counts``)."""
+    from portal.callback_counts import callback_counts_refresh
+
+    callback_counts_refresh()
+
+
 @app.periodic(cron="* * * * *", periodic_id="portal-check-alerts")
 @app.task(name="portal.check_alerts", queue="maintenance", queueing_lock="portal-alerts", lock="portal-alerts")
 def check_alerts(timestamp: int) -> None:

@@ -14,6 +14,7 @@ from procrastinate.contrib.django.models import ProcrastinateJob
 from prometheus_client.parser import text_string_to_metric_families
 
 from attentive_sync.models import Delivery
+from portal.callback_counts import callback_counts_refresh
 from portal.rollups import rollups_refresh
 from sparkfly_sync.models import ConversionEndpoint, InboundRequest, SyncRun
 from sparkfly_sync.tasks import queue_mirror_sync
@@ -44,9 +45,10 @@ def a_delivery(n: int, status: str, *, delay: timedelta | None = None, created_a
     return delivery
 
 
-def callbacks(client: Client, endpoint: ConversionEndpoint) -> None:
+def callbacks(client: Client, endpoint: ConversionEndpoint, *, credential_id: str = "501") -> None:
+    """Five requests: accepted, duplicate, and three rejected (unknown endpoint, wrong secret, invalid)."""
     good = f"/hooks/sparkfly/channels/{endpoint.uuid}/{endpoint.secret}/conversions"
-    query = {"credential_id": "501", "offer_id": "7", "redeemed_at": "2026-01-02T03:04:05Z", "status": "redeemed"}
+    query = {"credential_id": credential_id, "offer_id": "7", "redeemed_at": "2026-01-02T03:04:05Z", "status": "redeemed"}
     assert client.get(good, query).status_code == 202
     assert client.get(good, query).status_code == 200  # the same redemption again: a duplicate
     assert client.get(f"/hooks/sparkfly/channels/{uuid.uuid4()}/x/conversions", query).status_code == 404
@@ -64,6 +66,7 @@ def test_the_numbers_equal_the_database():
     a_delivery(5, "pending", created_ago=timedelta(minutes=7))
     a_delivery(6, "failed", created_ago=timedelta(minutes=3))
     rollups_refresh(everything=True)
+    callback_counts_refresh()
     with transaction.atomic():
         queue_mirror_sync(["offers"])
     SyncRun.objects.create(resource="offers", status="succeeded", finished_at=NOW - timedelta(minutes=30))
@@ -73,8 +76,8 @@ def test_the_numbers_equal_the_database():
 
     for outcome in ("accepted", "duplicate", "rejected"):
         expected = InboundRequest.objects.filter(outcome=outcome).count()
-        assert expected and metrics[("portal_callbacks", (("outcome", outcome),))] == expected
-    rejected = {labels: value for (name, labels), value in metrics.items() if name == "portal_callbacks_rejected"}
+        assert expected and metrics[("portal_callbacks_total", (("outcome", outcome),))] == expected
+    rejected = {labels: value for (name, labels), value in metrics.items() if name == "portal_callbacks_rejected_total"}
     assert sum(rejected.values()) == InboundRequest.objects.filter(outcome="rejected").count()
     assert any(dict(labels)["reason"] == "invalid" and dict(labels)["status_code"] == "400" for labels in rejected)
     assert any(dict(labels)["reason"] == "unknown_endpoint" for labels in rejected)
@@ -103,6 +106,22 @@ def test_the_numbers_equal_the_database():
     assert {labels for (name, labels) in metrics if name == "portal_alert_firing"} == {
         (("rule", rule),) for rule in ("failing", "dead_letters", "backlog")
     }
+
+
+def test_callback_counters_never_go_down_when_old_requests_are_pruned():
+    client = Client()
+    endpoint = ConversionEndpoint.objects.create(channel_id=11)
+    callbacks(client, endpoint, credential_id="501")
+    InboundRequest.objects.update(received_at=NOW - timedelta(days=40))
+    callback_counts_refresh()
+    InboundRequest.objects.all().delete()  # the nightly retention
+
+    callbacks(client, endpoint, credential_id="502")
+    callback_counts_refresh()
+
+    metrics = scrape(client)
+    assert sum(v for (name, _), v in metrics.items() if name == "portal_callbacks_total") == 10
+    assert sum(v for (name, _), v in metrics.items() if name == "portal_callbacks_rejected_total") == 6
 
 
 def test_only_loopback_or_the_bearer_of_the_token_may_read_them(settings):
