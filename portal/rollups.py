@@ -49,7 +49,8 @@ What a touched-days refresh cannot see: an enrollment or credential mirrored aft
 member's records were rolled up (the mirror sync writes them; the records did not change), and
 an administrator's replay of a delivery that was final and got through again within the minute.
 The nightly full refresh (``portal.tasks.rebuild_rollups``, or ``manage.py refresh_rollups
---all``) takes those in.
+--all``) takes those in — except for the deliveries of days past the retention window
+(``delivery_days_kept_from``): retention deleted some of them, and their counts are final.
 """
 
 from __future__ import annotations
@@ -299,9 +300,9 @@ def rollups_refresh(*, days: list[date] | None = None, everything: bool = False)
         if everything or (days is None and state is None):
             cursor.execute(f"DELETE FROM {_TABLES['rollup']}")
             cursor.execute(f"DELETE FROM {_TABLES['monthly']}")
-            cursor.execute(f"DELETE FROM {_TABLES['delivery_rollup']}")
-            for statement, _ in (*_ACTIVITY, *_DELIVERY):
+            for statement, _ in _ACTIVITY:
                 cursor.execute(statement.format(**_TABLES, window=""), params)
+            _rebuild_delivery_days(cursor, params, delivery_days_kept_from())
             cursor.execute(_MONTHS.format(**_TABLES, window=""))
             days = None
         else:
@@ -314,6 +315,9 @@ def rollups_refresh(*, days: list[date] | None = None, everything: bool = False)
                 delivery_days = sorted(row[0] for row in cursor.fetchall())
             _recompute(cursor, params, days, _TABLES["rollup"], _ACTIVITY)
             _recompute_months(cursor, days)
+            if kept_from := delivery_days_kept_from():
+                final = set(_counted_days_before(cursor, kept_from))
+                delivery_days = [day for day in delivery_days if day not in final]
             _recompute(cursor, params, delivery_days, _TABLES["delivery_rollup"], _DELIVERY)
             days = sorted(set(days) | set(delivery_days))
     count = len(days) if days is not None else DailyActivity.objects.dates("day", "day").count()
@@ -329,6 +333,33 @@ def rollups_refresh(*, days: list[date] | None = None, everything: bool = False)
 # their own: a delivery changes when it is tried, not when a redemption arrives.
 _ACTIVITY = ((_REDEMPTIONS, "redemption"), (_ISSUANCES, "issuance"), (_POINTS, "notification"))
 _DELIVERY = ((_DELIVERIES, "delivery"),)
+
+
+def delivery_days_kept_from(now: datetime | None = None) -> date | None:
+    """The first day whose deliveries are all still there (None: every day's are).
+
+    Retention (``portal.retention``) deletes delivered deliveries created more than
+    RETENTION_DAYS ago, after the rollups counted them: a day before this one may have lost
+    some, and recomputing it from what is left would erase its history. Its counts are final
+    anyway (deliveries that old are delivered, dead or expired), so such a day, once counted,
+    is left as it is (one never counted, as on the first refresh of old data, is counted)."""
+    if settings.RETENTION_DAYS <= 0:
+        return None
+    cutoff = (now or timezone.now()) - timedelta(days=settings.RETENTION_DAYS)
+    return timezone.localdate(cutoff) + timedelta(days=1)
+
+
+def _counted_days_before(cursor, day: date) -> list[date]:
+    cursor.execute(f"SELECT DISTINCT day FROM {_TABLES['delivery_rollup']} WHERE day < %s", [day])
+    return [row[0] for row in cursor.fetchall()]
+
+
+def _rebuild_delivery_days(cursor, params: dict, kept_from: date | None) -> None:
+    """Rebuild the delivery rollups of every day but those before ``kept_from`` already counted."""
+    final = _counted_days_before(cursor, kept_from) if kept_from else []
+    cursor.execute(f"DELETE FROM {_TABLES['delivery_rollup']} WHERE NOT (day = ANY(%s::date[]))", [final])
+    window = "WHERE NOT ((d.created_at AT TIME ZONE %(tz)s)::date = ANY(%(final)s::date[]))"
+    cursor.execute(_DELIVERIES.format(**_TABLES, window=window), {**params, "final": final})
 
 
 def _recompute(cursor, params: dict, days: list[date], table: str, statements) -> None:

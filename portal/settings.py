@@ -268,8 +268,16 @@ MEMBER_PHONE_REGION = _read("str", "MEMBER_PHONE_REGION", "US")
 PORTAL_PUBLIC_URL = _read("str", "PORTAL_PUBLIC_URL", "http://127.0.0.1:8000").rstrip("/")
 # Hours a replaced callback secret (or signing key) is still accepted after a rotation.
 SPARKFLY_CALLBACK_SECRET_GRACE_HOURS = _read("float", "SPARKFLY_CALLBACK_SECRET_GRACE_HOURS", 24.0)
-# Days every webhook request (with its raw body) is kept for audit; redemptions are kept for good.
-INBOUND_REQUEST_RETENTION_DAYS = _read("int", "INBOUND_REQUEST_RETENTION_DAYS", 30)
+
+# --- Retention (README "Retention"): a nightly job deletes, in short batches, ------------------
+# webhook requests (raw bodies), delivered deliveries (with their attempts) and finished jobs
+# older than RETENTION_DAYS (0: keep everything); dead and expired deliveries and failed jobs
+# after RETENTION_FAILED_DAYS (they are what someone investigates); mirror sync runs beyond the
+# newest RETENTION_SYNC_RUNS per resource. Redemptions and notifications (the dedup keys) are
+# kept for good.
+RETENTION_DAYS = _read("int", "RETENTION_DAYS", 30)
+RETENTION_FAILED_DAYS = max(_read("int", "RETENTION_FAILED_DAYS", 90), RETENTION_DAYS)
+RETENTION_SYNC_RUNS = _read("int", "RETENTION_SYNC_RUNS", 100)
 
 # --- Attentive ----------------------------------------------------------------------------------
 # The retry schedule of deliveries: try n waits uniform(0, min(cap, base * 2**(n-1))) seconds.

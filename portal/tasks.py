@@ -64,3 +64,30 @@ def rebuild_rollups(timestamp: int) -> None:
     from portal.rollups import rollups_refresh
 
     rollups_refresh(everything=True)
+
+
+# After the nightly rebuild (the rollups count what is about to go); one run at a time.
+@app.periodic(cron="47 3 * * *", periodic_id="portal-prune-old-records")
+@app.task(name="portal.prune_old_records", queue="maintenance", queueing_lock="portal-retention", lock="portal-retention")
+def prune_old_records(timestamp: int) -> None:
+    """Every night: delete what is past its retention (``portal.retention``), in short batches."""
+    from portal.retention import records_prune
+
+    records_prune()
+
+
+@app.periodic(cron="57 3 * * *", periodic_id="portal-remove-old-jobs")
+@app.task(name="portal.remove_old_jobs", queue="maintenance", queueing_lock="portal-remove-old-jobs", pass_context=True)
+async def remove_old_jobs(context, timestamp: int) -> None:
+    """Every night: procrastinate's own cleanup of finished jobs (and their events): succeeded
+    ones after RETENTION_DAYS, failed, cancelled and aborted ones after RETENTION_FAILED_DAYS."""
+    from django.conf import settings
+    from procrastinate import builtin_tasks
+
+    if settings.RETENTION_DAYS <= 0:
+        return
+    await builtin_tasks.remove_old_jobs(context, max_hours=settings.RETENTION_DAYS * 24)
+    await builtin_tasks.remove_old_jobs(
+        context, max_hours=settings.RETENTION_FAILED_DAYS * 24,
+        remove_failed=True, remove_cancelled=True, remove_aborted=True,
+    )

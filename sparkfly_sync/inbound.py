@@ -24,6 +24,7 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from attentive_sync.retention import BATCH, Pruned, delete_in_batches
 from sparkfly_sync import events
 from sparkfly_sync.models import (
     ConversionEndpoint,
@@ -355,14 +356,12 @@ def rotate_secret(
         setattr(endpoint, name, getattr(locked, name))
 
 
-def prune_requests(*, now: datetime | None = None, batch: int = 5000) -> int:
-    """Delete request records older than INBOUND_REQUEST_RETENTION_DAYS (their bodies are the
-    bulk of the table); redemptions and notifications are kept, so dedup outlives them."""
-    cutoff = (now or timezone.now()) - timedelta(days=settings.INBOUND_REQUEST_RETENTION_DAYS)
-    deleted = 0
-    while True:
-        # In batches: one huge DELETE would hold its locks and bloat the WAL at once.
-        ids = list(InboundRequest.objects.filter(received_at__lt=cutoff).values_list("pk", flat=True)[:batch])
-        if not ids:
-            return deleted
-        deleted += InboundRequest.objects.filter(pk__in=ids).delete()[0]
+def prune_requests(*, now: datetime | None = None, batch: int = BATCH) -> Pruned:
+    """Delete request records older than RETENTION_DAYS (their raw bodies are the bulk of the
+    table), in short batches; redemptions and notifications are kept, so dedup outlives them."""
+    if settings.RETENTION_DAYS <= 0:
+        return Pruned("webhook requests")
+    cutoff = (now or timezone.now()) - timedelta(days=settings.RETENTION_DAYS)
+    return delete_in_batches(
+        InboundRequest.objects.filter(received_at__lt=cutoff), what="webhook requests", batch=batch
+    )

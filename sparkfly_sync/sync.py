@@ -26,6 +26,7 @@ from django.conf import settings
 from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 
+from attentive_sync.retention import Pruned, delete_in_batches
 from sparkfly_sync import attentive_members, loyalty_attributes
 from sparkfly_sync import client as api
 from sparkfly_sync import payloads
@@ -492,3 +493,19 @@ def sync_all(*, client: SparkflyClient, resources: list[str] | None = None, **op
         except SyncAlreadyRunning as exc:
             logger.info("skipped: %s", exc)
     return runs
+
+
+def sync_runs_prune(*, keep: int | None = None) -> Pruned:
+    """Delete each resource's finished runs beyond its newest ``keep`` (RETENTION_SYNC_RUNS):
+    one a resource an hour would otherwise pile up for good. A running run (a crash resumes it
+    from its checkpoint) is never deleted, and the newest ones the scheduler reads stay."""
+    from django.db.models import F, Window
+    from django.db.models.functions import RowNumber
+
+    keep = settings.RETENTION_SYNC_RUNS if keep is None else keep
+    ranked = SyncRun.objects.annotate(
+        newness=Window(RowNumber(), partition_by=[F("resource")], order_by=[F("started_at").desc(), F("pk").desc()])
+    )
+    beyond = ranked.filter(newness__gt=keep).values("pk")
+    old = SyncRun.objects.filter(pk__in=beyond).exclude(status=SyncRun.Status.RUNNING)
+    return delete_in_batches(old, what="mirror sync runs")

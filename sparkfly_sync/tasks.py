@@ -121,17 +121,6 @@ def sweep_inbound(timestamp: int) -> None:
         logger.warning("queued the Attentive events of %d issued credentials not forwarded yet", queued)
 
 
-@app.periodic(cron="17 3 * * *", periodic_id="sparkfly-inbound-prune")
-@app.task(name="sparkfly_sync.prune_inbound_requests", queue="inbound")
-def prune_inbound_requests(timestamp: int) -> None:
-    """Daily: drop webhook request records past their retention period."""
-    from sparkfly_sync.inbound import prune_requests
-
-    deleted = prune_requests()
-    if deleted:
-        logger.info("pruned %d webhook request records", deleted)
-
-
 # --- issuance: a credential for each of many members -------------------------------------------------
 
 

@@ -457,12 +457,12 @@ def test_the_openapi_schema_and_its_docs_page_are_served(client):
 
 
 def test_request_records_past_their_retention_are_pruned_and_redemptions_kept(client, endpoint, settings):
-    settings.INBOUND_REQUEST_RETENTION_DAYS = 30
+    settings.RETENTION_DAYS = 30
     client.get(conversion_url(endpoint, credential_id="1", offer_id="2", redeemed_at=REDEEMED_AT))
     client.get(conversion_url(endpoint, credential_id="1", offer_id="3", redeemed_at=REDEEMED_AT))
     InboundRequest.objects.filter(redemption__offer_id=2).update(received_at=datetime.now(timezone.utc) - timedelta(days=31))
 
-    assert inbound.prune_requests(batch=1) == 1
+    assert inbound.prune_requests(batch=1).rows == 1
 
     assert list(InboundRequest.objects.values_list("redemption__offer_id", flat=True)) == [3]
     assert Redemption.objects.count() == 2
