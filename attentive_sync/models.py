@@ -197,6 +197,12 @@ class Delivery(models.Model):
                 F("created_at").desc(), name="delivery_failing_recent",
                 condition=Q(status__in=["failed", "dead", "expired"]),
             ),
+            # The ones not through yet, per status, oldest first: /metrics' and the alert's backlog
+            # (count and oldest age) read this small index alone.
+            models.Index(
+                fields=["status", "created_at"], name="delivery_waiting",
+                condition=Q(status__in=["pending", "failed"]),
+            ),
         ]
 
     def __str__(self) -> str:
