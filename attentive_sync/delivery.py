@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from django.conf import settings as django_settings
-from django.db import IntegrityError, connection, transaction
+from django.db import DatabaseError, IntegrityError, InterfaceError, OperationalError, connection, transaction
 from django.db.models import Case, Q, When
 from django.utils import timezone
 
@@ -312,9 +312,37 @@ def _send_batch(first: int | None, settings, policy, factory, sleep, batch_size:
             if group := [delivery for delivery in claimed if delivery.kind == kind]:
                 by_pk.update(zip((d.pk for d in group), _send_all(group, settings, factory, sleep, lease, kind=kind)))
         tries = [by_pk.get(delivery.pk) for delivery in claimed]
-        with transaction.atomic():
-            _record(claimed, tries, settings, policy, lease)
+        _record_within_lease(claimed, tries, settings, policy, lease, sleep)
     return len(claimed)
+
+
+# Waits between tries to record a batch while the database is unreachable (then every 4 s).
+RECORD_RETRY_WAITS = (0.5, 1.0, 2.0)
+
+
+def _record_within_lease(claimed, tries, settings, policy, lease: datetime, sleep) -> None:
+    """Record the batch, trying again while the database is unreachable (a restart, a
+    failover) and the lease is still the batch's. Results given up would send those events
+    to Attentive again once the lease lapses: an outage longer than the lease still does."""
+    waits = iter(RECORD_RETRY_WAITS)
+    while True:
+        try:
+            with transaction.atomic():
+                _record(claimed, tries, settings, policy, lease)
+            return
+        except (OperationalError, InterfaceError) as exc:
+            wait = next(waits, 4.0)
+            if timezone.now() + timedelta(seconds=wait) >= lease:
+                raise
+            logger.warning(
+                "could not record the tries of %d deliveries (%s); trying again in %g s",
+                len(claimed), str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__, wait,
+            )
+            try:
+                connection.close()  # the broken connection; the next query opens a new one
+            except DatabaseError:
+                pass
+            sleep(wait)
 
 
 def _claim(first: int | None, settings, batch_size: int) -> tuple[list[Delivery], datetime]:

@@ -335,3 +335,39 @@ def test_a_key_an_http_header_cannot_carry_is_a_clear_error_without_the_key(atte
     delivery.refresh_from_db()
     assert delivery.status == "failed" and "characters an HTTP header cannot carry" in delivery.last_error
     assert "PASTED" not in delivery.last_error
+
+
+def test_a_batch_sent_while_its_database_connection_died_is_recorded_once_it_is_back_not_sent_again(
+    attentive_sandbox_factory,
+):
+    """The chaos run's duplicate: PostgreSQL restarted while a batch was at Attentive, so its
+    results could not be written; the lease lapsed and the same events went out again."""
+    import psycopg
+
+    server = attentive_sandbox_factory(api_key=API_KEY, latency_ms=1000)
+    settings = AttentiveSettings.load()
+    settings.api_key, settings.api_url, settings.enabled = API_KEY, server.base_url, True
+    settings.rate_limit_per_second = 1000
+    settings.save()
+    deliveries = [recorded(f"evt-{n}") for n in range(3)]
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        backend = cursor.fetchone()[0]
+    conninfo = {k: v for k, v in connection.get_connection_params().items() if k not in ("cursor_factory", "context")}
+
+    def end_the_session_while_sending():
+        deadline = time.monotonic() + 30
+        while server.sandbox.count_requests("/v1/events/custom") < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        with psycopg.connect(**conninfo, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", [backend])
+
+    killer = threading.Thread(target=end_the_session_while_sending)
+    killer.start()
+    deliver(deliveries[0].pk, policy=NO_WAIT, sleep=lambda seconds: None)
+    killer.join()
+
+    for delivery in deliveries:
+        delivery.refresh_from_db()
+        assert (delivery.status, delivery.attempts, delivery.leased_until) == ("delivered", 1, None)
+    assert sorted(e["body"]["externalEventId"] for e in server.sandbox.events()) == ["evt-0", "evt-1", "evt-2"]
