@@ -94,8 +94,8 @@ def test_one_query_lists_a_page_however_many_attempts(program_manager_client, dj
         add_attempt(delivery, minutes_ago=1, response_body=f"answer {n}")
     program_manager_client.get(URL)  # the session and permission caches are warm after this
 
-    # Session, user, the user's permissions (twice: group and user), the page.
-    with django_assert_num_queries(5):
+    # Session, user, the user's permissions (twice: group and user), the page, the alert banner's row.
+    with django_assert_num_queries(6):
         response = program_manager_client.get(URL)
     assert len(listed(response)) == 30
 

@@ -123,7 +123,7 @@ def test_a_bad_filter_is_explained_on_the_page_and_left_out(coffee, program_mana
 def test_the_list_costs_the_same_queries_however_many_offers(program_manager_client, django_assert_max_num_queries):
     Merchant.objects.create(sparkfly_id=3, name="Bean & Co", synced_at=NOW)
     Offer.objects.bulk_create(Offer(sparkfly_id=i, name=f"Offer {i:03}", merchant_id=3, synced_at=NOW) for i in range(1, 56))
-    with django_assert_max_num_queries(7):  # session, user, permissions (2), statuses, count, page
+    with django_assert_max_num_queries(8):  # session, user, permissions (2), statuses, count, page, alert banner
         program_manager_client.get("/offers/")
 
 
@@ -200,7 +200,7 @@ def test_before_the_first_rollup_refresh_the_offer_page_says_its_figures_are_not
 
 def test_the_offer_page_costs_the_same_queries_however_many_channels(coffee_on_channels, program_manager_client, django_assert_max_num_queries):
     # session, user, permissions (2), offer, channels, endpoints, rollups per day, totals, as of
-    with django_assert_max_num_queries(10):
+    with django_assert_max_num_queries(11):  # 10, and the alert banner's row
         program_manager_client.get("/offers/77/")
 
 
