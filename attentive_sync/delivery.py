@@ -34,6 +34,7 @@ import uuid
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import wait as wait_for_futures
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -306,13 +307,21 @@ def _send_batch(first: int | None, settings, policy, factory, sleep, batch_size:
     concurrently within the shared rate limit, record every try; return how many were claimed."""
     claimed, lease = _claim(first, settings, batch_size)
     if claimed:
+        recorded: set[int] = set()
+
+        def record(deliveries: list[Delivery], tries: list[_Try | None]) -> None:
+            _record_within_lease(deliveries, tries, settings, policy, lease, sleep)
+            recorded.update(delivery.pk for delivery in deliveries)
+
         # Each kind to its own endpoint under its own limiter (events first); tries in claim order.
         by_pk: dict[int, _Try | None] = {}
         for kind in KIND_PATHS:
             if group := [delivery for delivery in claimed if delivery.kind == kind]:
-                by_pk.update(zip((d.pk for d in group), _send_all(group, settings, factory, sleep, lease, kind=kind)))
-        tries = [by_pk.get(delivery.pk) for delivery in claimed]
-        _record_within_lease(claimed, tries, settings, policy, lease, sleep)
+                tries = _send_all(group, settings, factory, sleep, lease, kind=kind, record=record)
+                by_pk.update(zip((d.pk for d in group), tries))
+        rest = [delivery for delivery in claimed if delivery.pk not in recorded]
+        if rest:
+            record(rest, [by_pk.get(delivery.pk) for delivery in rest])
     return len(claimed)
 
 
@@ -397,8 +406,16 @@ def _newer_attributes(deliveries: list[Delivery]) -> dict[int, int]:
     return {pk: latest[user] for pk, user in by_user.items() if latest.get(user, pk) != pk}
 
 
+# Tries are written as they complete, every RECORD_EVERY at most, not only when the batch ends:
+# a worker killed mid-batch (SIGKILL, a lost machine) leaves unrecorded — so sent again once the
+# lease lapses, the one case at-least-once allows — only the sends of its last moments, not
+# every send of the batch so far (the chaos run: 12 events twice after one SIGKILL).
+RECORD_EVERY = 0.1
+
+
 def _send_all(
-    deliveries: list[Delivery], settings, factory, sleep, lease: datetime, *, kind: str = Delivery.Kind.EVENT
+    deliveries: list[Delivery], settings, factory, sleep, lease: datetime, *, kind: str = Delivery.Kind.EVENT,
+    record: Callable[[list[Delivery], list[_Try]], None] | None = None,
 ) -> list[_Try | None]:
     """POST each delivery's payload, each within ``SLOT_TOLERANCE`` of its own reserved slot;
     return each one's try, or None for one not sent (the lease or its age ran out first, or
@@ -434,9 +451,22 @@ def _send_all(
 
     futures: list = [None] * len(deliveries)
     slots: list[float] = []
+    written: set[int] = set()
+    last_written = time.monotonic()
+
+    def write_completed() -> None:
+        nonlocal last_written
+        last_written = time.monotonic()
+        done = [i for i, future in enumerate(futures) if future is not None and i not in written and future.done()]
+        if record is not None and done:
+            record([deliveries[i] for i in done], [futures[i].result() for i in done])
+            written.update(done)
+
     try:
         for index, delivery in enumerate(deliveries):
             while True:
+                if time.monotonic() - last_written >= RECORD_EVERY:
+                    write_completed()
                 if not slots:
                     slots = [time.monotonic() + wait for wait in ratelimit.reserve_many(
                         key, len(deliveries) - index, per_second=settings.rate_limit_per_second
@@ -460,7 +490,15 @@ def _send_all(
         # Whatever stopped the releasing (the limiter's database gone, say): what was sent is
         # still recorded below, the rest handed back.
         logger.exception("a delivery batch stopped releasing sends")
-    return [future.result() if future is not None else None for future in futures]
+    pending = {future for future in futures if future is not None}
+    while pending:
+        _, pending = wait_for_futures(pending, timeout=RECORD_EVERY)
+        try:
+            write_completed()
+        except (OperationalError, InterfaceError):
+            logger.exception("the tries of a delivery batch could not be written as they completed")
+            break
+    return [future.result() if future is not None and i not in written else None for i, future in enumerate(futures)]
 
 
 def _thread_client(settings: AttentiveSettings, factory) -> AttentiveClient:

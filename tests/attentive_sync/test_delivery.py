@@ -371,3 +371,35 @@ def test_a_batch_sent_while_its_database_connection_died_is_recorded_once_it_is_
         delivery.refresh_from_db()
         assert (delivery.status, delivery.attempts, delivery.leased_until) == ("delivered", 1, None)
     assert sorted(e["body"]["externalEventId"] for e in server.sandbox.events()) == ["evt-0", "evt-1", "evt-2"]
+
+
+def test_a_batchs_completed_sends_are_recorded_while_a_slow_one_is_still_out(attentive, sandbox):
+    """So a worker killed mid-batch leaves only its last moments' sends to be sent again (the
+    chaos run's SIGKILL sent a whole batch's events twice when tries were written at its end)."""
+    from django.db import connections
+
+    sandbox.sandbox.inject_fault("/v1/events/custom", status=200, body="{}", delay=3.0)  # the first send: slow
+    deliveries = [recorded(f"evt-{n}") for n in range(3)]
+    seen_while_sending: list[int] = []
+
+    def look_while_the_slow_send_is_out():
+        deadline = time.monotonic() + 20
+        while len(sandbox.sandbox.events()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.5)
+        seen_while_sending.append(Delivery.objects.filter(status="delivered").count())
+        connections.close_all()
+
+    looker = threading.Thread(target=look_while_the_slow_send_is_out)
+    looker.start()
+    started = time.monotonic()
+    deliver(deliveries[0].pk, policy=NO_WAIT)
+    batch_seconds = time.monotonic() - started
+    looker.join()
+
+    assert batch_seconds >= 3.0  # the look happened while the batch still waited for its slow send
+    assert seen_while_sending == [2]
+    assert Delivery.objects.filter(status="delivered").count() == 3
+    assert sorted(a.delivery.external_event_id for a in DeliveryAttempt.objects.select_related("delivery")) == [
+        "evt-0", "evt-1", "evt-2"
+    ]
