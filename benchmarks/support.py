@@ -251,3 +251,66 @@ class CpuMeter:
             if pid not in ours and "postgres" not in command
         )
         return busy, others / elapsed
+
+
+# --- a PostgreSQL server of the run's own (the chaos benchmark and the outage tests stop it) -------
+
+
+class OwnPostgres:
+    """A PostgreSQL cluster of this run's own, in ``directory``, on a free loopback TCP port:
+    the server the chaos benchmark and the outage tests stop and start again. Never the shared
+    embedded server (``portal/embedded_db.py``), whose other users would see their connections
+    die. The same binaries (the ``pgserver`` package); as root, run as pgserver's own system
+    user, as pgserver does. ``stop()`` is a fast shutdown (sessions ended, no crash recovery)."""
+
+    DATABASE = "portal"
+
+    def __init__(self, directory: Path) -> None:
+        from pgserver import _commands
+
+        self._commands = _commands
+        self.data = Path(directory) / "pgdata"
+        self.data.mkdir(parents=True)
+        self.log = Path(directory) / "postgres.log"
+        self.port = free_port()
+        self._user = None
+        if hasattr(os, "geteuid") and os.geteuid() == 0:
+            import pwd
+
+            from pgserver.utils import ensure_prefix_permissions, ensure_user_exists
+
+            self._user = "pgserver"
+            ensure_user_exists(self._user)
+            ensure_prefix_permissions(self.data)
+            entry = pwd.getpwnam(self._user)
+            os.chown(self.data, entry.pw_uid, entry.pw_gid)
+            self.log.touch()
+            os.chown(self.log, entry.pw_uid, entry.pw_gid)
+        self._commands.initdb(
+            ["--auth=trust", "--encoding=utf8", "-U", "postgres"], pgdata=self.data, user=self._user
+        )
+        self.start()
+        import psycopg
+
+        with psycopg.connect(self.url("postgres"), autocommit=True) as connection:
+            connection.execute(f'CREATE DATABASE "{self.DATABASE}"')
+
+    def url(self, database: str | None = None, *, application_name: str = "") -> str:
+        query = f"?application_name={application_name}" if application_name else ""
+        return f"postgres://postgres@127.0.0.1:{self.port}/{database or self.DATABASE}{query}"
+
+    def start(self) -> None:
+        self._commands.pg_ctl(
+            ["-w", "-l", str(self.log), "-o", f"-h 127.0.0.1 -p {self.port} -k '' -c max_connections=200", "start"],
+            pgdata=self.data, user=self._user, timeout=60,
+        )
+
+    def stop(self) -> None:
+        self._commands.pg_ctl(["-w", "-m", "fast", "stop"], pgdata=self.data, user=self._user, timeout=60)
+
+    def running(self) -> bool:
+        return (self.data / "postmaster.pid").exists()
+
+    def close(self) -> None:
+        if self.running():
+            self._commands.pg_ctl(["-w", "-m", "immediate", "stop"], pgdata=self.data, user=self._user, timeout=60)
