@@ -21,7 +21,8 @@ from sparkfly_sync.tasks import queue_mirror_sync
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-NOW = datetime.now(timezone.utc)
+def now() -> datetime:
+    return datetime.now(timezone.utc)
 
 
 def scrape(client: Client | None = None, **headers) -> dict[tuple[str, tuple], float]:
@@ -36,12 +37,12 @@ def scrape(client: Client | None = None, **headers) -> dict[tuple[str, tuple], f
 
 
 def a_delivery(n: int, status: str, *, delay: timedelta | None = None, created_ago=timedelta(0)) -> Delivery:
-    occurred = NOW - timedelta(hours=1)
+    occurred = now() - timedelta(hours=1)
     delivery = Delivery.objects.create(
         external_event_id=f"evt-{n}", event_type="sparkfly.member.offer_state_redeemed", payload={}, status=status,
         occurred_at=occurred, delivered_at=occurred + delay if delay is not None else None,
     )
-    Delivery.objects.filter(pk=delivery.pk).update(created_at=NOW - created_ago)
+    Delivery.objects.filter(pk=delivery.pk).update(created_at=now() - created_ago)
     return delivery
 
 
@@ -69,8 +70,8 @@ def test_the_numbers_equal_the_database():
     callback_counts_refresh()
     with transaction.atomic():
         queue_mirror_sync(["offers"])
-    SyncRun.objects.create(resource="offers", status="succeeded", finished_at=NOW - timedelta(minutes=30))
-    SyncRun.objects.create(resource="members", status="failed", finished_at=NOW)
+    SyncRun.objects.create(resource="offers", status="succeeded", finished_at=now() - timedelta(minutes=30))
+    SyncRun.objects.create(resource="members", status="failed", finished_at=now())
 
     metrics = scrape(client)
 
@@ -112,7 +113,7 @@ def test_callback_counters_never_go_down_when_old_requests_are_pruned():
     client = Client()
     endpoint = ConversionEndpoint.objects.create(channel_id=11)
     callbacks(client, endpoint, credential_id="501")
-    InboundRequest.objects.update(received_at=NOW - timedelta(days=40))
+    InboundRequest.objects.update(received_at=now() - timedelta(days=40))
     callback_counts_refresh()
     InboundRequest.objects.all().delete()  # the nightly retention
 
