@@ -71,6 +71,7 @@ RECOVERY = {
 # here so the run ends in minutes (Sparkfly documents no schedule).
 DRIVER_RETRY_CAP_SECONDS = 1.0
 RETRY_SCAN_SECONDS = 0.25
+COLLECT_SECONDS = 0.05
 # How close to a SIGKILL an event's first copy must have reached Attentive for its second copy
 # to count as the SIGKILL's (a try is written within 0.1 s of its answer; a send takes < 1 s here).
 KILL_WINDOW_SECONDS = 2.0
@@ -155,6 +156,7 @@ class Delivered:
     seconds: float | None = None  # the driver's calls only
     retry_after: str | None = None
     by: str = "sandbox"
+    error: str | None = None
 
 
 @dataclass
@@ -206,53 +208,62 @@ class Driver:
                 pool.submit(one, index, credential_id)
 
     # Sending again what got no 2xx, as Sparkfly would.
-    def start_retrying(self) -> threading.Thread:
-        thread = threading.Thread(target=self._retry_loop, daemon=True, name="sparkfly-retries")
-        thread.start()
-        return thread
+    def start_retrying(self) -> None:
+        # Collecting apart from resending, so each call's time is when it was answered (give or
+        # take COLLECT_SECONDS), however long a round of resends takes.
+        threading.Thread(target=self._collect_loop, daemon=True, name="sparkfly-callbacks").start()
+        threading.Thread(target=self._retry_loop, daemon=True, name="sparkfly-retries").start()
+
+    def _collect_loop(self) -> None:
+        while not self._stop.wait(COLLECT_SECONDS):
+            self._collect()
 
     def _retry_loop(self) -> None:
         session = requests.Session()
         while not self._stop.wait(RETRY_SCAN_SECONDS):
-            self._collect()
             now = time.monotonic()
-            due = [(url, entry) for url, (entry, not_before) in list(self._pending.items()) if not_before <= now]
+            with self._lock:
+                due = [(url, entry) for url, (entry, not_before) in self._pending.items() if not_before <= now]
             for url, entry in due:
                 self._send_again(session, url, entry)
 
     def _collect(self) -> None:
-        entries = self.sparkfly.sandbox.callbacks
-        new, self._seen = entries[self._seen:len(entries)], len(entries)
-        now = time.monotonic()
-        for entry in new:
-            self.calls.append(Delivered(entry["url"], entry["status"], now))
-            if entry["status"] in (200, 202):
-                self._accepted.add(entry["url"])
-                self._pending.pop(entry["url"], None)
-            elif entry["url"] not in self._accepted:
-                self._pending.setdefault(entry["url"], (entry, now + 0.5))
+        with self._lock:
+            entries = self.sparkfly.sandbox.callbacks
+            new, self._seen = entries[self._seen:len(entries)], len(entries)
+            now = time.monotonic()
+            for entry in new:
+                self.calls.append(Delivered(entry["url"], entry["status"], now, error=entry.get("error")))
+                if entry["status"] in (200, 202):
+                    self._accepted.add(entry["url"])
+                    self._pending.pop(entry["url"], None)
+                elif entry["url"] not in self._accepted:
+                    self._pending.setdefault(entry["url"], (entry, now + 0.5))
 
     def _send_again(self, session: requests.Session, url: str, entry: dict) -> None:
         started = time.monotonic()
         retry_after = None
+        error = None
         try:
             body = (entry.get("body") or "").encode() or None
             answer = session.request(entry["method"], url, data=body, timeout=30)
             status, retry_after = answer.status_code, answer.headers.get("Retry-After")
-        except requests.RequestException:
-            status = None
+        except requests.RequestException as exc:
+            status, error = None, f"{type(exc).__name__}: {exc}"
         answered = time.monotonic()
-        self.calls.append(Delivered(url, status, answered, answered - started, retry_after, by="driver"))
-        if status in (200, 202):
-            self._accepted.add(url)
-            self._pending.pop(url, None)
-            return
         wait = min(float(retry_after), DRIVER_RETRY_CAP_SECONDS) if retry_after and retry_after.isdigit() else 0.5
-        self._pending[url] = (entry, answered + wait)
+        with self._lock:
+            self.calls.append(Delivered(url, status, answered, answered - started, retry_after, by="driver", error=error))
+            if status in (200, 202):
+                self._accepted.add(url)
+                self._pending.pop(url, None)
+            elif url not in self._accepted:
+                self._pending[url] = (entry, answered + wait)
 
     def settled(self) -> bool:
         self._collect()
-        return not self._pending
+        with self._lock:
+            return not self._pending
 
     def stop(self) -> None:
         self._stop.set()
@@ -532,6 +543,8 @@ def reconcile(driver: Driver, attentive, sparkfly, outages, kills) -> dict:
     return {
         "redeemed": redeemed, "refused_redeems": driver.refused[:5],
         "callback_calls": len(calls), "callback_statuses": dict(statuses), "callbacks_no_answer": len(no_answer),
+        "no_answer_errors": dict(Counter(f"{c.by}: {(c.error or '')[:120]}" for c in no_answer).most_common(5)) if no_answer else {},
+        "no_answer_during_outage": sum(1 for c in no_answer if during_outage(c)),
         "duplicated_by_sparkfly": {"concurrent": copies.get("concurrent", 0), "again": copies.get("again", 0)},
         "driver_resends": sum(1 for c in calls if c.by == "driver"),
         "answered_503": statuses.get("503", 0), "slowest_503_seconds": round(slowest_503, 2),
