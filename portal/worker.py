@@ -23,6 +23,7 @@ import signal
 import psycopg
 from django.conf import settings
 from procrastinate import exceptions
+from procrastinate.psycopg_connector import PsycopgConnector
 from procrastinate.contrib.django import app
 from procrastinate.contrib.django.settings import settings as procrastinate_settings
 from procrastinate.contrib.django.utils import connector_params
@@ -51,7 +52,14 @@ def worker_options(*, concurrency: int, queues: list[str] | None) -> dict:
 
 def run(*, concurrency: int, queues: list[str] | None = None) -> None:
     """Run workers until SIGINT or SIGTERM, a new one whenever the database was lost."""
-    with app.replace_connector(app.connector.get_worker_connector()):
+    # The connector `manage.py procrastinate worker` uses (get_worker_connector), its pool's
+    # wait for a connection set to half the stalled time: 30 s (procrastinate's) by default,
+    # so a worker that cannot reach the database for that long gives up and starts again.
+    connector = PsycopgConnector(
+        kwargs=connector_params(procrastinate_settings.DATABASE_ALIAS),
+        timeout=settings.WORKER_STALLED_AFTER_SECONDS / 2,
+    )
+    with app.replace_connector(connector):
         asyncio.run(_supervise(worker_options(concurrency=concurrency, queues=queues)))
 
 
@@ -67,7 +75,7 @@ async def _supervise(options: dict) -> None:
         stop_requested = asyncio.create_task(stopping.wait())
         await asyncio.wait({running, stop_requested}, return_when=asyncio.FIRST_COMPLETED)
         stop_requested.cancel()
-        if stopping.is_set() and not running.done():
+        if stopping.is_set():
             running.cancel()  # procrastinate's graceful stop: running jobs finish first
             await asyncio.gather(running, return_exceptions=True)
             return
