@@ -72,9 +72,6 @@ RECOVERY = {
 DRIVER_RETRY_CAP_SECONDS = 1.0
 RETRY_SCAN_SECONDS = 0.25
 COLLECT_SECONDS = 0.05
-# How close to a SIGKILL an event's first copy must have reached Attentive for its second copy
-# to count as the SIGKILL's (a try is written within 0.1 s of its answer; a send takes < 1 s here).
-KILL_WINDOW_SECONDS = 2.0
 
 
 def configure_environment(database_url: str) -> None:
@@ -335,6 +332,12 @@ def all_delivered(count: int) -> bool:
     return recorded >= count and delivered >= recorded and jobs == 0
 
 
+def _keep_logs(workdir: Path, folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for log in workdir.glob("*.log"):
+        (folder / log.name).write_bytes(log.read_bytes())
+
+
 def jobs_left() -> list:
     """Forwarding and delivery jobs not finished (what kept a run from draining)."""
     from django.db import connection
@@ -359,6 +362,8 @@ def run(args) -> dict:
     rng = random.Random(args.seed)
     with ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="chaos-")))
+        if args.logs:
+            stack.callback(_keep_logs, workdir, args.logs)  # after every process has stopped
         postgres = OwnPostgres(workdir)
         stack.callback(postgres.close)
         configure_environment(postgres.url(application_name="chaos-harness"))
@@ -416,19 +421,21 @@ def run(args) -> dict:
             for index in range(args.sigkills):
                 events.append(((index + 1) / (args.sigkills + 1) * 0.9, "sigkill"))
             for index in range(args.pg_restarts):
-                events.append(((index + 1) / (args.pg_restarts + 1) * 0.8 + 0.05, "restart"))
+                events.append(((index + 1) / (args.pg_restarts + 1) * 0.6, "restart"))
         else:
             events.append((0.2, "restart"))
 
         injector_errors: list[str] = []
+        shutdowns: list[str] = []
 
         def inject() -> None:
             try:
                 inject_all()
             except Exception as exc:  # reported; PostgreSQL is started again whatever happened
                 injector_errors.append(f"{type(exc).__name__}: {exc}")
-                if not postgres.running():
-                    postgres.start()
+                if postgres.running():
+                    postgres.close()
+                postgres.start()
 
         def inject_all() -> None:
             begin = time.monotonic()
@@ -439,8 +446,8 @@ def run(args) -> dict:
                     kills.append((time.monotonic(), workers.kill_one(rng)))
                 else:
                     down = time.monotonic()
-                    postgres.stop()
-                    time.sleep(args.outage_seconds)
+                    shutdowns.append(postgres.stop())
+                    time.sleep(max(0.0, down + args.outage_seconds - time.monotonic()))
                     postgres.start()
                     outages.append((down, time.monotonic()))
 
@@ -458,12 +465,9 @@ def run(args) -> dict:
         report = reconcile(driver, attentive.sandbox, sparkfly.sandbox, outages, kills)
         report["jobs_left"] = jobs_left()
         report["injector_errors"] = injector_errors
+        report["shutdowns"] = shutdowns
         workers.stop()
         connections.close_all()
-        if args.logs:
-            args.logs.mkdir(parents=True, exist_ok=True)
-            for log in [*workdir.glob("*.log")]:
-                (args.logs / log.name).write_bytes(log.read_bytes())
 
     report.update(
         scenario=args.scenario, setup_seconds=round(setup_seconds, 1), drain_seconds=round(drain_seconds, 1),
@@ -482,7 +486,7 @@ def run(args) -> dict:
 
 def reconcile(driver: Driver, attentive, sparkfly, outages, kills) -> dict:
     """The figures and the checks, from the sandboxes and the portal's records."""
-    from attentive_sync.models import Delivery
+    from attentive_sync.models import Delivery, DeliveryAttempt
     from sparkfly_sync.models import InboundRequest, Redemption
 
     driver._collect()
@@ -509,16 +513,23 @@ def reconcile(driver: Driver, attentive, sparkfly, outages, kills) -> dict:
     received = attentive.received()
     received_ids = Counter(e["body"].get("externalEventId") for e in received["events"])
     twice = {k: v for k, v in received_ids.items() if v > 1}
-    # An event whose first copy reached Attentive in the moments before a SIGKILL: sent, and its
-    # worker killed before writing so (tries are written every 0.1 s); sent again once its
-    # lease lapsed. At-least-once cannot tell "sent" from "about to be sent" after a SIGKILL.
+    # An event sent, and its worker SIGKILLed before it wrote so: sent again once the batch's
+    # lease lapsed. A worker holds a try unwritten for 0.1 s, or — while the database is down —
+    # up to the lease: so its first copy reached Attentive at most a lease before the kill, and
+    # the portal recorded no try of that copy. At-least-once cannot tell "sent" from "about to
+    # be sent" after a SIGKILL.
     first_receipt: dict[str, float] = {}
     for event in received["events"]:
         first_receipt.setdefault(event["body"].get("externalEventId"), event["received_at"])
+    lease = float(RECOVERY["ATTENTIVE_SEND_LEASE_SECONDS"])
+    tries_written = Counter(
+        DeliveryAttempt.objects.filter(delivery__external_event_id__in=list(twice), outcome="delivered")
+        .values_list("delivery__external_event_id", flat=True)
+    )
     at_a_kill = {
         event_id: count for event_id, count in twice.items()
-        if any(first_receipt[event_id] - KILL_WINDOW_SECONDS <= killed_at <= first_receipt[event_id] + KILL_WINDOW_SECONDS
-               for killed_at, _ in kills)
+        if tries_written[event_id] < count
+        and any(first_receipt[event_id] <= killed_at <= first_receipt[event_id] + lease + 1 for killed_at, _ in kills)
     }
     copies = Counter(entry.get("copies", "once") for entry in sparkfly.callbacks if entry.get("copy", 0) == 0)
 
@@ -535,7 +546,7 @@ def reconcile(driver: Driver, attentive, sparkfly, outages, kills) -> dict:
         "Redemption rows = deliveries delivered": len(redemptions) == len(delivered),
         "deliveries delivered = distinct events Attentive received": len(delivered) == len(set(received_ids) & ids) == len(received_ids),
         "every accepted redemption reached Attentive": ids == set(received_ids),
-        "no event reached Attentive twice, but sends in flight at a SIGKILL": not (set(twice) - set(at_a_kill)),
+        "no event reached Attentive twice, but sends unwritten at a SIGKILL": not (set(twice) - set(at_a_kill)),
         "no 5xx but 503s during the restart": not bad_5xx,
         "every 503 carried Retry-After": retry_after_missing == 0,
         "the redeemed credentials are the recorded ones": set(driver.redeemed) == {r["credential_id"] for r in redemptions},
@@ -572,8 +583,9 @@ def print_report(report: dict, args) -> None:
          f"{injected.get('500', 0):,} / {injected.get('429', 0):,} / {injected.get('timeout', 0):,}",
          f"{args.attentive_fail_rate:.0%} of requests" if args.scenario == "chaos" else "0"),
         ("injected: workers killed with SIGKILL", f"{report['sigkills']}", f"{args.sigkills if args.scenario == 'chaos' else 0}"),
-        ("injected: PostgreSQL restarts (seconds down)",
-         f"{report['pg_restarts']} ({', '.join(map(str, report['outage_seconds']))})", "fast shutdown, then start"),
+        ("injected: PostgreSQL restarts (seconds down, shutdown)",
+         f"{report['pg_restarts']} ({', '.join(f'{s} s {m}' for s, m in zip(report['outage_seconds'], report['shutdowns']))})",
+         "fast shutdown (immediate after 20 s), then start"),
         ("redeemed at Sparkfly (201)", f"{report['redeemed']:,}", f"{args.callbacks:,}"),
         ("  of which before / during / after the outage", " / ".join(f"{n:,}" for n in report["redeemed_before_during_after_outage"]), "-"),
         ("callback calls (incl. duplicates and resends)", f"{report['callback_calls']:,}", "-"),
@@ -585,7 +597,7 @@ def print_report(report: dict, args) -> None:
         ("deliveries delivered", f"{report['deliveries_delivered']:,}", "= redeemed"),
         ("distinct events Attentive received / received twice",
          f"{report['attentive_distinct_events']:,} / {len(report['attentive_events_twice'])}"
-         f" ({report['attentive_twice_in_flight_at_a_sigkill']} in flight at a SIGKILL)", "= redeemed / 0"),
+         f" ({report['attentive_twice_in_flight_at_a_sigkill']} unwritten at a SIGKILL)", "= redeemed / 0"),
         ("worker processes started (initial + after an exit)", f"{report['worker_starts']} ({report['workers']} + {report['worker_starts'] - report['workers']})", "-"),
         ("workers that lost the database and went on in-process", f"{report['worker_lost_database']}", "-"),
         ("drained after the last redeem", f"{report['drain_seconds']} s", f"<= {args.drain_timeout:g} s"),

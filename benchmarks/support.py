@@ -305,8 +305,23 @@ class OwnPostgres:
             pgdata=self.data, user=self._user, timeout=60,
         )
 
-    def stop(self) -> None:
-        self._commands.pg_ctl(["-w", "-m", "fast", "stop"], pgdata=self.data, user=self._user, timeout=60)
+    def stop(self, *, fast_within: float = 20) -> str:
+        """Stop the server: a fast shutdown, or — when that has not finished within
+        ``fast_within`` seconds (a backend slow to end) — an immediate one (a crash, as far as
+        the data knows: recovery runs at the next start). Returns the mode that stopped it."""
+        import subprocess
+
+        try:
+            self._commands.pg_ctl(
+                ["-w", "-t", str(int(fast_within)), "-m", "fast", "stop"], pgdata=self.data, user=self._user,
+                timeout=fast_within + 10,
+            )
+            return "fast"
+        except (subprocess.CalledProcessError, subprocess.TimeoutExpired):
+            if not self.running():
+                return "fast"
+            self._commands.pg_ctl(["-w", "-m", "immediate", "stop"], pgdata=self.data, user=self._user, timeout=60)
+            return "immediate"
 
     def running(self) -> bool:
         return (self.data / "postmaster.pid").exists()

@@ -59,4 +59,8 @@ def test_callbacks_get_503_while_postgresql_is_down_and_all_recovers_without_a_r
     assert report["portal_alive"]
     assert report["worker_starts"] == 1 and report["worker_exits"] == []
     assert report["worker_lost_database"] >= 1
+    # Each 503 was logged as one line saying why; nothing in the portal crashed.
+    log = (tmp_path / "gunicorn.log").read_text()
+    assert "could not record a conversion request, answered 503" in log
+    assert "Traceback" not in log
     assert report["exit_status"] == 0, report["output"]
