@@ -15,10 +15,11 @@ from __future__ import annotations
 import json
 import logging
 import math
+import time
 from collections import Counter
 from urllib.parse import parse_qsl
 
-from django.db import DatabaseError, InterfaceError, OperationalError, transaction
+from django.db import DatabaseError, InterfaceError, OperationalError, connection, transaction
 from django.utils.decorators import method_decorator
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
@@ -98,6 +99,23 @@ def _invalid(errors) -> Rejected:
     return Rejected(400, f"Rejected: invalid {names}.", flat)
 
 
+# After a connection to the database could not be opened, this process answers 503 at once for
+# this long instead of trying again: a server that takes connections without answering (one
+# shutting down, a network black hole) costs each try the whole connect timeout, and a few sync
+# web workers would queue Sparkfly's callbacks behind those waits until Sparkfly timed out
+# (the chaos run: 415 callbacks unanswered in 5 s).
+DATABASE_DOWN_PAUSE_SECONDS = 1.0
+_database_down_until = 0.0
+
+
+def _unavailable() -> Response:
+    return Response(
+        {"detail": "The portal could not record this request; nothing was accepted. Send it again."},
+        status=status.HTTP_503_SERVICE_UNAVAILABLE,
+        headers={"Retry-After": "30"},
+    )
+
+
 @method_decorator(transaction.non_atomic_requests, name="dispatch")
 class WebhookView(APIView):
     """What both endpoints share: no DRF parsing, JSON answers, every request recorded."""
@@ -113,6 +131,9 @@ class WebhookView(APIView):
         raise NotImplementedError
 
     def _serve(self, request, endpoint_uuid: str, **kwargs) -> Response:
+        global _database_down_until
+        if time.monotonic() < _database_down_until:
+            return _unavailable()
         arrival = Arrival.from_request(request, kind=self.kind, endpoint_uuid=endpoint_uuid)
         try:
             try:
@@ -124,11 +145,9 @@ class WebhookView(APIView):
             # One line, not a traceback: in an outage every callback Sparkfly sends lands here.
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
             logger.warning("could not record a %s request, answered 503: %s", self.kind, reason)
-            return Response(
-                {"detail": "The portal could not record this request; nothing was accepted. Send it again."},
-                status=status.HTTP_503_SERVICE_UNAVAILABLE,
-                headers={"Retry-After": "30"},
-            )
+            if connection.connection is None:  # no connection could be opened (not a failed query)
+                _database_down_until = time.monotonic() + DATABASE_DOWN_PAUSE_SECONDS
+            return _unavailable()
         except DatabaseError:
             # A value the validation let through but the database refuses: sending it again
             # would fail again, so it is not a 503 (which asks for a retry).

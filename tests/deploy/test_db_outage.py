@@ -64,3 +64,61 @@ def test_callbacks_get_503_while_postgresql_is_down_and_all_recovers_without_a_r
     assert "could not record a conversion request, answered 503" in log
     assert "Traceback" not in log
     assert report["exit_status"] == 0, report["output"]
+
+
+def test_a_database_that_takes_connections_but_never_answers_costs_one_connect_timeout_not_one_per_callback(tmp_path):
+    """A server shutting down (or a network black hole) accepts TCP connections and says
+    nothing: each try waits the whole connect timeout. After one such wait a web process answers
+    503 at once for a second, instead of queueing every callback behind its own wait."""
+    import signal
+    import socket
+    import time
+
+    import requests
+
+    black_hole = socket.socket()
+    black_hole.bind(("127.0.0.1", 0))
+    black_hole.listen(64)  # the kernel completes each handshake; nobody ever answers
+    port = _free_port()
+    env = {
+        **{key: value for key, value in os.environ.items() if key != "DATABASE_URL"},
+        "DATABASE_URL": f"postgres://portal@127.0.0.1:{black_hole.getsockname()[1]}/portal",
+        "DATABASE_CONNECT_TIMEOUT": str(CONNECT_TIMEOUT),
+        "SECRET_KEY": "outage-test", "DEBUG": "false", "ALLOWED_HOSTS": "127.0.0.1", "SECURE_SSL_REDIRECT": "false",
+        "PORT": str(port), "WEB_CONCURRENCY": "1", "CONN_MAX_AGE": "60", "LOG_FORMAT": "plain",
+    }
+    gunicorn = Path(sys.executable).with_name("gunicorn")
+    with open(tmp_path / "gunicorn.log", "wb") as log:
+        server = subprocess.Popen([str(gunicorn), "--config", "gunicorn.conf.py"], cwd=ROOT, env=env, stdout=log, stderr=log)
+    url = f"http://127.0.0.1:{port}/hooks/sparkfly/channels/00000000-0000-0000-0000-000000000000/s3cret/conversions"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert server.poll() is None, (tmp_path / "gunicorn.log").read_text()
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "gunicorn did not listen within 60 s"
+                time.sleep(0.2)
+        timed = []
+        for _ in range(6):
+            started = time.monotonic()
+            answer = requests.post(url, params={"credential_id": "1"}, timeout=30)
+            timed.append((answer.status_code, answer.headers.get("Retry-After"), time.monotonic() - started))
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=30)
+        black_hole.close()
+
+    assert all(status == 503 and retry_after == "30" for status, retry_after, _ in timed), timed
+    assert timed[0][2] >= CONNECT_TIMEOUT - 0.5  # the one wait for the silent server
+    assert all(seconds < 0.5 for _, _, seconds in timed[1:4]), timed  # then at once, within the second's pause
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
