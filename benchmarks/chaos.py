@@ -549,6 +549,7 @@ def reconcile(driver: Driver, attentive, sparkfly, outages, kills) -> dict:
         "no event reached Attentive twice, but sends unwritten at a SIGKILL": not (set(twice) - set(at_a_kill)),
         "no 5xx but 503s during the restart": not bad_5xx,
         "every 503 carried Retry-After": retry_after_missing == 0,
+        "every callback answered (none left to Sparkfly's timeout)": not no_answer,
         "the redeemed credentials are the recorded ones": set(driver.redeemed) == {r["credential_id"] for r in redemptions},
     }
     return {
@@ -590,7 +591,7 @@ def print_report(report: dict, args) -> None:
         ("  of which before / during / after the outage", " / ".join(f"{n:,}" for n in report["redeemed_before_during_after_outage"]), "-"),
         ("callback calls (incl. duplicates and resends)", f"{report['callback_calls']:,}", "-"),
         ("  answered 503 (all with Retry-After) / slowest", f"{report['answered_503']:,} / {report['slowest_503_seconds']} s", "only while PostgreSQL is down"),
-        ("  other 5xx", f"{len(report['bad_5xx'])}", "0"),
+        ("  other 5xx / no answer within Sparkfly's 5 s", f"{len(report['bad_5xx'])} / {report['callbacks_no_answer']}", "0 / 0"),
         ("  sent again by Sparkfly (the driver)", f"{report['driver_resends']:,}", "-"),
         ("callbacks accepted (202) / duplicates answered 200", f"{report['accepted_202']:,} / {report['duplicates_answered_200']:,}", "202 = redeemed"),
         ("Redemption rows", f"{report['redemption_rows']:,}", "= redeemed"),
