@@ -27,11 +27,13 @@ def test_nothing_is_lost_or_doubled_through_duplicates_faults_a_sigkill_and_a_po
     # Every accepted redemption was delivered, none twice, and the counts reconcile.
     assert report["redeemed"] == report["accepted_202"] == report["redemption_rows"] == 300
     assert report["deliveries_delivered"] == report["attentive_distinct_events"] == 300
-    # None twice — but for a send already at Attentive when its worker was SIGKILLed before
-    # writing so (within 0.1 s; while PostgreSQL was down, within the lease): at-least-once
-    # sends that one again. Most runs see none; the portal recorded no try of each such copy.
-    assert len(report["attentive_events_twice"]) == report["attentive_twice_in_flight_at_a_sigkill"]
-    assert report["checks"]["no event reached Attentive twice, but sends unwritten at a SIGKILL"]
+    # None twice — but for what at-least-once must send again: a send already at Attentive when
+    # its worker was SIGKILLed before writing so (within 0.1 s; while PostgreSQL was down, within
+    # the lease), or one Attentive accepted but answered after the portal's timeout. Most runs
+    # see none.
+    assert report["checks"][
+        "no event reached Attentive twice, but sends unwritten at a SIGKILL or answered after the timeout"
+    ], report["attentive_twice_tries"]
     assert report["checks"]["every accepted redemption reached Attentive"]
     assert report["duplicates_answered_200"] > 0  # the duplicates were recognised, not recorded again
     # No callback got a 5xx other than the 503s while PostgreSQL was down.
