@@ -43,7 +43,7 @@ audit: setup
 bench: setup
 	$(call ensure_debian_package,wrk,wrk)
 	@# Every benchmark runs even when one misses a goal; the target fails at the end if any did.
-	@status=0; for bench in sync drain ingest latency pages metrics retention; do \
+	@status=0; for bench in sync drain ingest latency pages metrics retention chaos; do \
 		$(BIN)/python benchmarks/$$bench.py || status=1; done; exit $$status
 
 stop-db: setup
