@@ -865,12 +865,23 @@ def test_bad_constructor_arguments_are_refused(kwargs):
 # ================================================================================================
 
 
+def _interruptible() -> None:
+    """Ctrl-C reaches the child as in a terminal: a child inherits an ignored or blocked SIGINT,
+    and in the whole suite an earlier in-process worker can leave this process so (seen: the
+    command, alone fine, never stopped after the full suite's worker tests)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 def test_the_command_serves_until_ctrl_c():
     command = [
         sys.executable, str(ROOT / "manage.py"), "attentive_sandbox", "--port", "0",
         "--api-key", "k3y", "--rate-limit", "7", "--latency-ms", "1", "--seed", "3",
     ]
-    process = subprocess.Popen(command, env=os.environ.copy(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen(
+        command, env=os.environ.copy(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        preexec_fn=_interruptible,
+    )
     try:
         # Both announcement lines come once the port is bound (communicate() below would miss
         # lines already buffered by readline()).
