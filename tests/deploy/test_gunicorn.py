@@ -4,11 +4,7 @@ the portal against the test database, and its access log never shows a callback'
 from __future__ import annotations
 
 import os
-import signal
 import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +14,7 @@ from django.urls import reverse
 from portal.logs import MASK
 from sparkfly_sync.models import ConversionEndpoint, Redemption
 from tests.conftest import database_url_for_subprocess, wait_for_backends_to_end
+from tests.deploy.gunicorn import deployed_gunicorn
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -48,34 +45,18 @@ def test_gunicorn_access_log_masks_the_callback_secret(tmp_path):
         "CONN_MAX_AGE": "60",
         "LOG_FORMAT": "plain",  # gunicorn's combined format (the JSON lines: test_gunicorn_json_logs.py)
     }
-    gunicorn = Path(sys.executable).with_name("gunicorn")
-    with open(log_path, "wb") as log:
-        server = subprocess.Popen(
-            [str(gunicorn), "--config", str(ROOT / "gunicorn.conf.py")], cwd=ROOT, env=env, stdout=log, stderr=log
-        )
-    base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert server.poll() is None, log_path.read_text()
-            try:
-                requests.get(base + "/healthz", timeout=5)
-                break
-            except requests.ConnectionError:
-                assert time.monotonic() < deadline, "gunicorn did not answer within 60 s"
-                time.sleep(0.2)
-        path = reverse(
-            "sparkfly-conversion-callback", kwargs={"endpoint_uuid": str(endpoint.uuid), "secret": endpoint.secret}
-        )
-        answer = requests.get(
-            base + path,
-            params={"credential_id": "501", "offer_id": "7", "redeemed_at": "2026-01-02T03:04:05Z", "status": "redeemed"},
-            timeout=10,
-        )
-        assert answer.status_code == 202, answer.text
+        with deployed_gunicorn(env, port, log_path) as base:
+            path = reverse(
+                "sparkfly-conversion-callback", kwargs={"endpoint_uuid": str(endpoint.uuid), "secret": endpoint.secret}
+            )
+            answer = requests.get(
+                base + path,
+                params={"credential_id": "501", "offer_id": "7", "redeemed_at": "2026-01-02T03:04:05Z", "status": "redeemed"},
+                timeout=10,
+            )
+            assert answer.status_code == 202, answer.text
     finally:
-        server.send_signal(signal.SIGTERM)
-        server.wait(timeout=30)
         wait_for_backends_to_end("gunicorn-test")
 
     assert Redemption.objects.count() == 1

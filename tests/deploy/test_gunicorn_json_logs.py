@@ -6,21 +6,16 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
 import uuid
-from pathlib import Path
 
 import pytest
 import requests
 
 from portal.logs import MASK
 from tests.conftest import database_url_for_subprocess, wait_for_backends_to_end
+from tests.deploy.gunicorn import deployed_gunicorn
 from tests.deploy.test_gunicorn import free_port
 
-ROOT = Path(__file__).resolve().parents[2]
 SECRET = "s3cr3t-" + "y" * 30
 
 
@@ -35,28 +30,14 @@ def test_gunicorn_writes_json_lines_with_the_request_id(tmp_path):
         "WEB_CONCURRENCY": "1",
         "LOG_FORMAT": "json",
     }
-    gunicorn = Path(sys.executable).with_name("gunicorn")
-    with open(log_path, "wb") as log:
-        server = subprocess.Popen(
-            [str(gunicorn), "--config", str(ROOT / "gunicorn.conf.py")], cwd=ROOT, env=env, stdout=log, stderr=log
-        )
-    base = f"http://127.0.0.1:{port}"
     callback = f"/hooks/sparkfly/channels/{uuid.uuid4()}/{SECRET}/conversions"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert server.poll() is None, log_path.read_text()
-            try:
-                requests.get(base + "/healthz", timeout=5)
-                break
-            except requests.ConnectionError:
-                assert time.monotonic() < deadline, "gunicorn did not answer within 60 s"
-                time.sleep(0.2)
-        answer = requests.get(base + callback, params={"credential_id": "1"}, headers={"X-Request-ID": "lb-42"}, timeout=10)
-        assert answer.status_code == 404 and answer.headers["X-Request-ID"] == "lb-42"
+        with deployed_gunicorn(env, port, log_path) as base:
+            answer = requests.get(
+                base + callback, params={"credential_id": "1"}, headers={"X-Request-ID": "lb-42"}, timeout=10
+            )
+            assert answer.status_code == 404 and answer.headers["X-Request-ID"] == "lb-42"
     finally:
-        server.send_signal(signal.SIGTERM)
-        server.wait(timeout=30)
         wait_for_backends_to_end("gunicorn-json-test")
 
     text = log_path.read_text()
