@@ -21,13 +21,8 @@ class PortalAccess(models.Model):
         ]
 
 
-class DailyActivity(models.Model):
-    """One day's redemptions, issuances and points redeemed, for one program and one slice:
-    the pre-aggregated figures the dashboard reads (``portal.rollups`` writes them).
-
-    ``program_id`` is a loyalty program's Sparkfly id, or ``ALL_PROGRAMS`` (0: every record
-    once, enrolled or not). ``key`` is the offer's or store's Sparkfly id, 0 for the totals.
-    """
+class ActivitySums(models.Model):
+    """What a day's or a month's rollup row holds: one program, one slice, its sums."""
 
     ALL_PROGRAMS = 0
 
@@ -36,13 +31,26 @@ class DailyActivity(models.Model):
         OFFER = "offer"
         STORE = "store"
 
-    day = models.DateField(help_text="in the portal's time zone (TIME_ZONE)")
     program_id = models.BigIntegerField("program (Sparkfly id, 0 = all programs)")
     dimension = models.CharField(max_length=10, choices=Dimension.choices)
     key = models.BigIntegerField(help_text="offer or store Sparkfly id; 0 for totals")
     redemptions = models.PositiveIntegerField(default=0)
     issuances = models.PositiveIntegerField(default=0, help_text="issued credentials, once per offer")
     points_redeemed = models.BigIntegerField(default=0)
+
+    class Meta:
+        abstract = True
+
+
+class DailyActivity(ActivitySums):
+    """One day's redemptions, issuances and points redeemed, for one program and one slice:
+    the pre-aggregated figures the dashboard reads (``portal.rollups`` writes them).
+
+    ``program_id`` is a loyalty program's Sparkfly id, or ``ALL_PROGRAMS`` (0: every record
+    once, enrolled or not). ``key`` is the offer's or store's Sparkfly id, 0 for the totals.
+    """
+
+    day = models.DateField(help_text="in the portal's time zone (TIME_ZONE)")
 
     class Meta:
         verbose_name_plural = "daily activity"
@@ -63,18 +71,12 @@ class DailyActivity(models.Model):
         return f"{self.day} program {self.program_id} {self.dimension} {self.key}"
 
 
-class MonthlyActivity(models.Model):
+class MonthlyActivity(ActivitySums):
     """The sums of ``DailyActivity`` per calendar month: a year's range reads twelve months of
     rows instead of 365 days of them (``portal.rollups`` recomputes a month from its days in
     the transaction that changes them; the current month holds its days so far)."""
 
     month = models.DateField(help_text="its first day")
-    program_id = models.BigIntegerField("program (Sparkfly id, 0 = all programs)")
-    dimension = models.CharField(max_length=10, choices=DailyActivity.Dimension.choices)
-    key = models.BigIntegerField(help_text="offer or store Sparkfly id; 0 for totals")
-    redemptions = models.PositiveIntegerField(default=0)
-    issuances = models.PositiveIntegerField(default=0, help_text="issued credentials, once per offer")
-    points_redeemed = models.BigIntegerField(default=0)
 
     class Meta:
         verbose_name_plural = "monthly activity"
