@@ -396,7 +396,7 @@ def run(args) -> dict:
         processes: list[subprocess.Popen] = []
         stack.callback(stop_processes, processes)
         portal, portal_url = start_gunicorn(
-            "portal.wsgi:application", GunicornConfig(workers=args.web_workers), env,
+            "portal.wsgi:application", GunicornConfig(workers=args.web_workers, deployed=True), env,
             ready_path="/healthz", log_path=workdir / "gunicorn.log",
         )
         processes.append(portal)

@@ -245,9 +245,9 @@ def main() -> None:
     if pgbench is None:
         raise SystemExit("pgbench is not installed (the pgserver package ships one; or `apt-get install postgresql-client`)")
 
-    default = GunicornConfig.for_this_machine()
+    default = GunicornConfig.for_this_machine(deployed=False)
     config = GunicornConfig(
-        workers=args.workers or default.workers, worker_class=args.worker_class,
+        workers=args.workers or default.workers, deployed=False, worker_class=args.worker_class,
         threads=args.threads if args.worker_class == "gthread" else 1,
     )
 

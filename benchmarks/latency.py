@@ -237,7 +237,7 @@ def main() -> None:
     from sparkfly_sync.sync import sync_all
 
     stop_on_signals()
-    config = GunicornConfig.for_this_machine()
+    config = GunicornConfig.for_this_machine(deployed=False)
     manage = [sys.executable, str(ROOT / "manage.py")]
     with ExitStack() as stack:
         stack.enter_context(scratch_database())

@@ -51,37 +51,54 @@ def print_table(title: str, rows: list[tuple[str, str, str]]) -> None:
 # --- helpers of the ingest and latency benchmarks (web server, processes, percentiles) ----------
 
 
-@dataclass(frozen=True)
+DEPLOYMENT_CONFIG = ROOT / "gunicorn.conf.py"
+BARE_CONFIG = ROOT / "benchmarks" / "gunicorn_bare.conf.py"
+
+
+@dataclass(frozen=True, kw_only=True)
 class GunicornConfig:
-    """One gunicorn configuration, used for the portal and for any reference app alike."""
+    """How gunicorn serves an app. ``deployed`` has no default, so each benchmark says which:
+
+    - bare (``deployed=False``): this command line and gunicorn's defaults, nothing else (no
+      access log, no worker recycling): the reference comparisons of ingest and latency, the
+      portal and the bare DRF app served alike;
+    - deployed (``deployed=True``): the deployment's gunicorn.conf.py, as the Procfile runs it
+      (JSON access log, worker recycling, its timeouts); only the bind address and the number
+      of workers come from here."""
 
     workers: int
+    deployed: bool
     worker_class: str = "sync"
     threads: int = 1
 
     @classmethod
-    def for_this_machine(cls) -> GunicornConfig:
+    def for_this_machine(cls, *, deployed: bool) -> GunicornConfig:
         # gunicorn's documented starting point, (2 x cores) + 1 sync workers: a sync worker
         # blocks on every database round trip, so more processes than cores keep the CPUs busy.
-        return cls(workers=2 * (os.cpu_count() or 1) + 1)
+        return cls(workers=2 * (os.cpu_count() or 1) + 1, deployed=deployed)
 
     def describe(self) -> str:
+        if self.deployed:
+            return f"gunicorn {self.workers} workers, gunicorn.conf.py"
         threads = f", {self.threads} threads each" if self.worker_class == "gthread" else ""
-        return f"gunicorn {self.workers} {self.worker_class} workers{threads}"
+        return f"gunicorn {self.workers} {self.worker_class} workers{threads}, bare config"
 
     def command(self, app: str, port: int, *, pythonpath: str | None = None) -> list[str]:
         gunicorn = Path(sys.executable).with_name("gunicorn")
         command = [
             str(gunicorn) if gunicorn.exists() else "gunicorn", app,
-            # Exactly this configuration, not the deployment's gunicorn.conf.py (access log, worker recycling).
-            "--config", "",
+            # Always a file: with --config unset or "", gunicorn reads ./gunicorn.conf.py.
+            "--config", str(DEPLOYMENT_CONFIG if self.deployed else BARE_CONFIG),
             "--bind", f"127.0.0.1:{port}",
             "--workers", str(self.workers),
-            "--worker-class", self.worker_class,
-            "--threads", str(self.threads),
-            "--backlog", "2048",
-            "--timeout", "60",
         ]
+        if not self.deployed:
+            command += [
+                "--worker-class", self.worker_class,
+                "--threads", str(self.threads),
+                "--backlog", "2048",
+                "--timeout", "60",
+            ]
         if pythonpath:
             command += ["--pythonpath", pythonpath]
         return command
