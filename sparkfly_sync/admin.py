@@ -66,7 +66,7 @@ from sparkfly_sync.models import (
     SyncRun,
 )
 from sparkfly_sync.payloads import normalize_email, normalize_phone
-from sparkfly_sync.serializers import HANDLED_EVENTS
+from sparkfly_sync.serializers import HANDLED_EVENTS, MAX_SPARKFLY_ID
 from sparkfly_sync.sync import resource_for_model, resync_rows
 from sparkfly_sync.tasks import queue_mirror_sync
 
@@ -377,7 +377,7 @@ class SparkflyMirrorAdmin(SparkflyReadOnlyAdmin):
 
     def exact_search(self, term: str) -> list[Q]:
         """Index lookups a search term also matches (OR-ed with ``search_fields``)."""
-        if term.isascii() and term.isdigit() and int(term) < 2**63:
+        if term.isascii() and term.isdigit() and int(term) <= MAX_SPARKFLY_ID:
             return [Q(**{name: int(term)}) for name in self.id_search_fields]
         return []
 
@@ -741,7 +741,7 @@ def _uuid_or_id_search(term: str, *, uuid_field: str, id_fields: tuple[str, ...]
     term = term.strip()
     if parsed := _parsed_uuid(term):
         return Q(**{uuid_field: parsed})
-    if id_fields and term.isascii() and term.isdigit() and int(term) < 2**63:
+    if id_fields and term.isascii() and term.isdigit() and int(term) <= MAX_SPARKFLY_ID:
         return Q.create([(name, int(term)) for name in id_fields], connector=Q.OR)
     return None
 

@@ -33,6 +33,7 @@ from django.utils.text import Truncator
 from sparkfly_sync import issuance
 from sparkfly_sync.client import client_from_settings
 from sparkfly_sync.models import Channel, IssuanceBatch, IssuanceRequest, Member, Offer
+from sparkfly_sync.serializers import MAX_SPARKFLY_ID
 
 ISSUE_PERMISSION = "sparkfly_sync.issue_credentials"
 # Past this, the command (``manage.py issue_credentials --members …``) is the better tool, and
@@ -351,7 +352,7 @@ class IssuanceRequestAdmin(IssuanceReadOnlyAdmin):
         term = search_term.strip()
         if not term:
             return queryset, False
-        if term.isascii() and term.isdigit() and int(term) < 2**63:  # codes can be digits too
+        if term.isascii() and term.isdigit() and int(term) <= MAX_SPARKFLY_ID:  # codes can be digits too
             return queryset.filter(Q(member_id=int(term)) | Q(credential_id=int(term)) | Q(code=term)), False
         try:
             return queryset.filter(idempotency_key=uuid.UUID(term)), False

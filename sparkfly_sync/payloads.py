@@ -19,10 +19,7 @@ from django.core.validators import validate_email
 from django.utils.dateparse import parse_date, parse_datetime
 
 from sparkfly_sync.redaction import callback_fingerprint, redact
-
-
-# Sparkfly ids are stored in PostgreSQL bigint columns.
-BIGINT_LIMIT = 2**63
+from sparkfly_sync.serializers import MAX_SPARKFLY_ID
 
 
 class PayloadError(ValueError):
@@ -39,7 +36,7 @@ def sparkfly_id(payload: Any, key: str = "id") -> int:
         number = int(value)
     except (TypeError, ValueError):
         raise PayloadError(f"{key!r} is not an integer: {value!r}") from None
-    if not 0 < number < BIGINT_LIMIT:
+    if not 0 < number <= MAX_SPARKFLY_ID:  # stored in bigint columns
         raise PayloadError(f"{key!r} must be a positive 64-bit integer, got {number}")
     return number
 
@@ -230,7 +227,7 @@ def credential_row(payload: dict) -> dict:
     offer_ids = []
     if isinstance(raw_offer_ids, list):
         offer_ids = sorted(
-            {i for i in raw_offer_ids if isinstance(i, int) and not isinstance(i, bool) and 0 < i < BIGINT_LIMIT}
+            {i for i in raw_offer_ids if isinstance(i, int) and not isinstance(i, bool) and 0 < i <= MAX_SPARKFLY_ID}
         )
     annotations = payload.get("annotations")
     identifier = payload.get("identifier")

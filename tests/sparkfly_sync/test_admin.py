@@ -264,6 +264,17 @@ def test_member_search_by_email_phone_id_or_identifier(admin_client, account, te
     assert [member.sparkfly_id for member in found] == [51]
 
 
+def test_member_search_reads_the_largest_bigint_as_an_id_and_one_more_as_text_only(admin_client):
+    mirror(Member, 2**63 - 1, identifier="member-max")
+    mirror(Member, 7, identifier=str(2**63))
+
+    def found(term):
+        return [m.sparkfly_id for m in admin_client.get(url(Member), {"q": term}).context["cl"].result_list]
+
+    assert found(str(2**63 - 1)) == [2**63 - 1]
+    assert found(str(2**63)) == [7]  # past bigint: only the identifier can match
+
+
 @pytest.mark.parametrize(
     ("model", "term", "expected"),
     [

@@ -220,6 +220,19 @@ def test_searches_match_exact_uuids_and_ids(admin_client, inbound):
     assert found(Notification, "evt-1") == [inbound[Notification]]
 
 
+def test_id_searches_reach_the_largest_bigint_and_refuse_one_more(admin_client):
+    mirror(Channel, 2**63 - 1, name="the last channel")
+    endpoint = ConversionEndpoint.objects.create(channel_id=2**63 - 1)
+
+    def found(term):
+        response = admin_client.get(url(ConversionEndpoint), {"q": term})
+        assert response.status_code == 200
+        return list(response.context["cl"].result_list)
+
+    assert found(str(2**63 - 1)) == [endpoint]
+    assert found(str(2**63)) == []
+
+
 @pytest.mark.parametrize("model", [InboundRequest, Redemption, Notification, ConversionEndpoint, Channel])
 def test_changelist_queries_do_not_grow_with_rows(admin_client, model):
     def populate(count: int) -> None:

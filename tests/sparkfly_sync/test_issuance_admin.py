@@ -257,6 +257,20 @@ def test_requests_are_searchable_by_member_credential_code_and_key(admin_client,
     assert page.status_code == 200 and request.code in page.content.decode()
 
 
+def test_request_search_reads_the_largest_bigint_as_an_id_and_one_more_as_a_code(admin_client):
+    batch = IssuanceBatch.objects.create(member_ids=[1], channel_id=1, offer_ids=[1])
+    common = {"channel_id": 1, "offer_ids": [1], "batch": batch}
+    by_member = IssuanceRequest.objects.create(idempotency_key=uuid.uuid4(), member_id=2**63 - 1, **common)
+    by_code = IssuanceRequest.objects.create(idempotency_key=uuid.uuid4(), member_id=1, code=str(2**63), **common)
+    changelist = reverse("admin:sparkfly_sync_issuancerequest_changelist")
+
+    def found(term):
+        return list(admin_client.get(changelist, {"q": term}).context["cl"].result_list)
+
+    assert found(str(2**63 - 1)) == [by_member]
+    assert found(str(2**63)) == [by_code]
+
+
 @pytest.mark.parametrize("model", [IssuanceRequest, IssuanceBatch])
 def test_issuance_records_cannot_be_added_changed_or_deleted(admin_client, model):
     batch = IssuanceBatch.objects.create(member_ids=[1], channel_id=1, offer_ids=[1])

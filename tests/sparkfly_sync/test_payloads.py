@@ -62,6 +62,12 @@ def test_item_without_a_usable_id_is_refused_with_the_reason(payload, reason):
         payloads.member_row(payload)
 
 
+def test_the_largest_bigint_is_a_usable_id_and_one_more_is_not():
+    assert payloads.member_row({"id": 2**63 - 1})["sparkfly_id"] == 2**63 - 1
+    row = payloads.credential_row({"id": 1, "offer_ids": [2**63 - 1, 2**63]})
+    assert row["offer_ids"] == [2**63 - 1]
+
+
 def test_unparsable_dates_become_empty_instead_of_failing_the_item():
     row = payloads.offer_row({"id": 1, "activates_at": "yesterday", "expires_at": "2030-12-31T00:00:00", "name": "X"})
     assert row["activates_at"] is None
