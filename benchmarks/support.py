@@ -124,17 +124,22 @@ def start_gunicorn(
         )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            detail = Path(log_path).read_text()[-2000:] if log_path else ""
-            raise SystemExit(f"gunicorn ({app}) exited with status {process.returncode}\n{detail}")
-        try:
-            requests.get(url + ready_path, timeout=5, allow_redirects=False)
-            return process, url
-        except requests.ConnectionError:
-            time.sleep(0.2)
-    stop_processes([process])
-    raise SystemExit(f"gunicorn ({app}) did not answer within 120 s")
+    try:
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                detail = Path(log_path).read_text()[-2000:] if log_path else ""
+                raise SystemExit(f"gunicorn ({app}) exited with status {process.returncode}\n{detail}")
+            try:
+                requests.get(url + ready_path, timeout=5, allow_redirects=False)
+                return process, url
+            # A read timeout too: a worker's first request (Django's lazy imports) can take
+            # longer than 5 s on a machine this busy.
+            except (requests.ConnectionError, requests.Timeout):
+                time.sleep(0.2)
+        raise SystemExit(f"gunicorn ({app}) did not answer within 120 s")
+    except BaseException:
+        stop_processes([process])  # not yet the caller's to stop
+        raise
 
 
 def stop_processes(processes, timeout: float = 15) -> None:
