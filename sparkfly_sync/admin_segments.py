@@ -7,7 +7,9 @@ an Attentive v2 segment.
 * "Export for Attentive (CSV)" and "Push to an Attentive segment…" act on the whole filtered list
   when nothing is ticked (``actions_without_selection``), on the ticked rows otherwise.
 * The export streams: rows come from a server-side cursor a chunk at a time and are written as
-  they are read, so a million members take the memory of one chunk.
+  they are read, so a million members take the memory of one chunk. People open the file in a
+  spreadsheet before uploading it, so its text cells are guarded against formulas; a phone in
+  E.164 (only "+" and digits) cannot be one and is left as it is, for Attentive to read.
 * The push records a ``SegmentPush`` and queues its job; its page shows the batches and
   Attentive's status of each batch's job.
 * "Send a text…" on a member's page sends one text through ``POST /v1/text/send`` and shows
@@ -34,6 +36,8 @@ from django.utils import timezone
 from django.utils.html import format_html
 
 from attentive_sync import segments
+from attentive_sync.events import E164
+from attentive_sync.spreadsheets import spreadsheet_safe
 from sparkfly_sync import selectors
 from sparkfly_sync.models import LoyaltyEnrollment, LoyaltyProgram
 from sparkfly_sync.selectors import SUBSCRIPTION_FILTERS, SegmentCriteria
@@ -127,9 +131,17 @@ class _Echo:
         return value
 
 
+def _upload_cells(row: tuple) -> list:
+    """A row of the upload as cells: the phone (first column) as it is when it is E.164 (the
+    guard would quote its "+", and Attentive could not read it), guarded like the rest when not."""
+    phone, *text = row
+    return [phone if E164.match(phone) else spreadsheet_safe(phone), *map(spreadsheet_safe, text)]
+
+
 def attentive_csv_response(queryset, *, filename: str) -> StreamingHttpResponse:
     writer = csv.writer(_Echo())
-    lines = (writer.writerow(row) for row in selectors.attentive_upload_rows(queryset, chunk_size=EXPORT_CHUNK_ROWS))
+    rows = selectors.attentive_upload_rows(queryset, chunk_size=EXPORT_CHUNK_ROWS)
+    lines = (writer.writerow(_upload_cells(row)) for row in rows)
     response = StreamingHttpResponse(lines, content_type="text/csv; charset=utf-8")
     response["Content-Disposition"] = f'attachment; filename="{filename}"'
     return response

@@ -2,38 +2,24 @@
 CSV, streamed row by row from a server-side cursor (a year of a busy program is millions of
 rows; neither the web process nor the proxy holds the whole file).
 
-Cells are made safe for spreadsheets (OWASP's CSV injection advice): a text cell starting
-with ``= + - @`` (or a tab or carriage return) gets a leading ``'``, so Excel or Sheets show it
-instead of evaluating it as a formula. Offer names and sf_uid come from outside the portal.
+Cells are made safe for spreadsheets (``attentive_sync.spreadsheets``): a text cell that would
+start a formula gets a leading ``'``. Offer names and sf_uid come from outside the portal.
 """
 
 from __future__ import annotations
 
 import csv
-from datetime import date, datetime
+from datetime import date
 
 from django.http import HttpResponseBadRequest, StreamingHttpResponse
-from django.utils import timezone
 from django.views import View
 
+from attentive_sync.spreadsheets import spreadsheet_safe
 from portal.pages.access import PortalPage
 from portal.pages.dates import MAX_RANGE_DAYS, out_of_bounds
 from portal.selectors.exports import redemption_export_rows
 
 CHUNK_ROWS = 2000
-FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
-
-
-def spreadsheet_safe(value: object) -> object:
-    """``value`` as a CSV cell a spreadsheet will not evaluate: text that would start a
-    formula is prefixed with a quote; datetimes in the program's time zone; None empty."""
-    if value is None:
-        return ""
-    if isinstance(value, datetime):
-        return timezone.localtime(value).isoformat()
-    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
-        return "'" + value
-    return value
 
 
 class _Echo:

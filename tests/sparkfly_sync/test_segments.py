@@ -148,6 +148,24 @@ def test_the_export_leaves_out_the_channels_people_unsubscribed_from(admin_clien
 
 
 @pytest.mark.django_db
+def test_the_export_guards_free_text_against_formulas_and_leaves_e164_phones_alone(admin_client):
+    now = timezone.now()
+    Member.objects.create(
+        sparkfly_id=1, identifier="@member-1", first_name='=HYPERLINK("https://evil.example","Click")',
+        last_name="+SUM(1,2)", phone="+13115552368", email="-m1@example.com", synced_at=now,
+    )
+    Member.objects.create(sparkfly_id=2, identifier="member-2", phone="=1+2", synced_at=now)  # not E.164
+
+    rows = list(csv.reader(io.StringIO(b"".join(export(admin_client).streaming_content).decode())))[1:]
+
+    assert rows == [
+        ["+13115552368", "'-m1@example.com", '\'=HYPERLINK("https://evil.example","Click")', "'+SUM(1,2)",
+         "'@member-1"],
+        ["'=1+2", "", "", "", "member-2"],
+    ]
+
+
+@pytest.mark.django_db
 def test_100000_members_export_in_constant_memory_with_the_exact_rows(admin_client):
     make_members(100_000)
     response = export(admin_client)
