@@ -796,7 +796,12 @@ class ConversionEndpointAdmin(InboundAdmin):
         if not search_term.strip():
             return queryset, False
         lookup = _uuid_or_id_search(search_term, uuid_field="uuid", id_fields=("channel_id",))
-        return (queryset.filter(lookup) if lookup else queryset.none()), False
+        if lookup is None:
+            return queryset.none(), False
+        # Through a subquery: a filter on channel_id itself would let Django make the list's
+        # channel join an inner one, hiding an endpoint whose channel is not mirrored (the
+        # relation has no database constraint).
+        return queryset.filter(pk__in=ConversionEndpoint.objects.filter(lookup).values("pk")), False
 
     @admin.display(description="channel", ordering="channel_id")
     def channel_link(self, endpoint):

@@ -233,6 +233,17 @@ def test_id_searches_reach_the_largest_bigint_and_refuse_one_more(admin_client):
     assert found(str(2**63)) == []
 
 
+def test_an_endpoint_whose_channel_is_not_mirrored_is_found_by_its_channel_id(admin_client):
+    """The list joins the channel for its link; a filter on the join column must not turn that
+    join into an inner one (the relation has no database constraint: the channel may be missing)."""
+    endpoint = ConversionEndpoint.objects.create(channel_id=424242)
+
+    response = admin_client.get(url(ConversionEndpoint), {"q": "424242"})
+
+    assert response.status_code == 200
+    assert list(response.context["cl"].result_list) == [endpoint]
+
+
 @pytest.mark.parametrize("model", [InboundRequest, Redemption, Notification, ConversionEndpoint, Channel])
 def test_changelist_queries_do_not_grow_with_rows(admin_client, model):
     def populate(count: int) -> None:
