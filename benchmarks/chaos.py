@@ -514,10 +514,10 @@ def reconcile(driver: Driver, attentive, sparkfly, outages, kills) -> dict:
     received_ids = Counter(e["body"].get("externalEventId") for e in received["events"])
     twice = {k: v for k, v in received_ids.items() if v > 1}
     # An event sent, and its worker SIGKILLed before it wrote so: sent again once the batch's
-    # lease lapsed. A worker holds a try unwritten for 0.1 s, or — while the database is down —
-    # up to the lease: so its first copy reached Attentive at most a lease before the kill, and
-    # the portal recorded no try of that copy. At-least-once cannot tell "sent" from "about to
-    # be sent" after a SIGKILL.
+    # lease lapsed. A worker writes each try as its answer arrives (one write, a few ms), or —
+    # while the database is down — holds it up to the lease: so its first copy reached Attentive
+    # at most a lease before the kill, and the portal recorded no try of that copy. At-least-once
+    # cannot tell "sent" from "about to be sent" after a SIGKILL.
     first_receipt: dict[str, float] = {}
     for event in received["events"]:
         first_receipt.setdefault(event["body"].get("externalEventId"), event["received_at"])

@@ -403,3 +403,32 @@ def test_a_batchs_completed_sends_are_recorded_while_a_slow_one_is_still_out(att
     assert sorted(a.delivery.external_event_id for a in DeliveryAttempt.objects.select_related("delivery")) == [
         "evt-0", "evt-1", "evt-2"
     ]
+
+
+def test_a_send_is_written_as_soon_as_its_answer_arrives_not_at_the_next_slot(attentive, sandbox):
+    """At one send a second, the batch's second send waits a second for its slot: the first
+    send's answer is written during that wait, so a SIGKILL then does not send it again."""
+    from django.db import connections
+
+    settings = AttentiveSettings.load()
+    settings.rate_limit_per_second = 1
+    settings.save()
+    deliveries = [recorded(f"evt-{n}") for n in range(2)]
+    requests_when_written: list[int] = []
+
+    def look_while_the_second_send_waits():
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if Delivery.objects.filter(pk=deliveries[0].pk, status="delivered").exists():
+                requests_when_written.append(sandbox.sandbox.count_requests("/v1/events/custom"))
+                break
+            time.sleep(0.005)
+        connections.close_all()
+
+    looker = threading.Thread(target=look_while_the_second_send_waits)
+    looker.start()
+    deliver(deliveries[0].pk, policy=NO_WAIT)
+    looker.join()
+
+    assert requests_when_written == [1]  # written before the second send left
+    assert Delivery.objects.filter(status="delivered").count() == 2
