@@ -539,8 +539,11 @@ def _record(deliveries: list[Delivery], tries: list[_Try | None], settings, poli
     """Apply each try's outcome: delivered, a retry scheduled, dead or expired; one attempt row
     each. Deliveries not sent are handed back (or expired). Only rows still under this
     batch's lease are written: a batch that outlived its lease cannot overwrite another's."""
+    # Locked (in pk order: no two writers wait on each other in a cycle): another worker that claimed a row after the
+    # lease ran out must either be seen here or wait for this write, never be overwritten by it.
     still_ours = set(
-        Delivery.objects.filter(pk__in=[d.pk for d in deliveries], leased_until=lease).values_list("pk", flat=True)
+        Delivery.objects.select_for_update().filter(pk__in=[d.pk for d in deliveries], leased_until=lease)
+        .order_by("pk").values_list("pk", flat=True)
     )
     attempts, retries, handed_back, written = [], [], [], []
     now = timezone.now()

@@ -432,3 +432,30 @@ def test_a_send_is_written_as_soon_as_its_answer_arrives_not_at_the_next_slot(at
 
     assert requests_when_written == [1]  # written before the second send left
     assert Delivery.objects.filter(status="delivered").count() == 2
+
+
+def test_a_batch_that_outlived_its_lease_does_not_overwrite_the_worker_that_claimed_it_since(attentive, sandbox):
+    """The lease ran out while the send was at Attentive and another worker claimed the row (its
+    claim not yet committed when this batch came to write): the write must wait and see the new
+    lease, not overwrite it (the other worker's result would be lost, its lease broken)."""
+    import psycopg
+
+    sandbox.sandbox.inject_fault("/v1/events/custom", status=200, body="{}", delay=1.5)
+    delivery = recorded("evt-claimed-meanwhile")
+    conninfo = {k: v for k, v in connection.get_connection_params().items() if k not in ("cursor_factory", "context")}
+    sender = threading.Thread(target=lambda: (deliver(delivery.pk, policy=NO_WAIT), connection.close()))
+    sender.start()
+    deadline = time.monotonic() + 20
+    while sandbox.sandbox.count_requests("/v1/events/custom") < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    with psycopg.connect(**conninfo) as other_worker:  # one transaction, committed on leaving
+        other_worker.execute(
+            "UPDATE attentive_sync_delivery SET leased_until = now() + interval '1 hour' WHERE id = %s", [delivery.pk]
+        )
+        time.sleep(2.5)  # the send is answered meanwhile and the batch comes to write
+    sender.join()
+
+    delivery.refresh_from_db()
+    assert delivery.status == "pending" and delivery.attempts == 0
+    assert delivery.leased_until is not None and delivery.leased_until > datetime.now(timezone.utc) + timedelta(minutes=50)
+    assert not DeliveryAttempt.objects.filter(delivery=delivery).exists()
