@@ -41,7 +41,7 @@ from datetime import datetime, timedelta
 
 from django.conf import settings as django_settings
 from django.db import DatabaseError, IntegrityError, InterfaceError, OperationalError, connection, transaction
-from django.db.models import Case, Q, When
+from django.db.models import Case, F, Q, When
 from django.utils import timezone
 
 from attentive_sync import ratelimit
@@ -374,6 +374,7 @@ def _claim(first: int | None, settings, batch_size: int) -> tuple[list[Delivery]
             .annotate(is_first=Case(When(pk=first or 0, then=0), default=1))
             .order_by("is_first", "occurred_at")[:batch_size]
         )
+        _note_lapsed_leases([delivery for delivery in batch if delivery.leased_until is not None], now)
         claimed = []
         newer = _newer_attributes(batch)
         for delivery in batch:
@@ -386,6 +387,37 @@ def _claim(first: int | None, settings, batch_size: int) -> tuple[list[Delivery]
         Delivery.objects.filter(pk__in=[d.pk for d in claimed]).update(leased_until=lease)
         _drop_waiting_jobs([d.pk for d in claimed])
     return claimed, lease
+
+
+LAPSED_LEASE_ERROR = (
+    "the worker sending this stopped before writing Attentive's answer (killed, or its database gone longer "
+    "than the lease): Attentive may have received it; sent again under the same externalEventId"
+)
+
+
+def _note_lapsed_leases(deliveries: list[Delivery], now: datetime) -> None:
+    """Record a try with an unknown answer for each delivery whose lease lapsed unwritten (a
+    written result clears the lease): the one way at-least-once can send an event twice, so the
+    attempt log says so where it may have happened, and counts it as a try."""
+    if not deliveries:
+        return
+    DeliveryAttempt.objects.bulk_create(
+        DeliveryAttempt(
+            delivery=delivery,
+            started_at=delivery.leased_until - SEND_LEASE,  # when its batch was claimed
+            duration_ms=(now - (delivery.leased_until - SEND_LEASE)).total_seconds() * 1000,
+            error=LAPSED_LEASE_ERROR,
+            outcome=DeliveryAttempt.Outcome.UNKNOWN,
+        )
+        for delivery in deliveries
+    )
+    Delivery.objects.filter(pk__in=[d.pk for d in deliveries]).update(attempts=F("attempts") + 1)
+    for delivery in deliveries:
+        delivery.attempts += 1
+        logger.warning(
+            "delivery %s (%s): its lease lapsed unwritten; sending again", delivery.pk, delivery.external_event_id,
+            extra={"delivery_id": delivery.pk},
+        )
 
 
 def _newer_attributes(deliveries: list[Delivery]) -> dict[int, int]:

@@ -221,6 +221,9 @@ class DeliveryAttempt(models.Model):
         RETRY = "retry"
         DEAD = "dead"
         EXPIRED = "expired"
+        # The worker holding the delivery stopped (killed, or lost its database for longer than
+        # the lease) before writing a result: Attentive may have received it. Sent again.
+        UNKNOWN = "unknown", "answer unknown"
 
     delivery = models.ForeignKey(Delivery, on_delete=models.CASCADE, related_name="attempt_log")
     started_at = models.DateTimeField()

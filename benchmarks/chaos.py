@@ -513,32 +513,27 @@ def reconcile(driver: Driver, attentive, sparkfly, outages, kills) -> dict:
     received = attentive.received()
     received_ids = Counter(e["body"].get("externalEventId") for e in received["events"])
     twice = {k: v for k, v in received_ids.items() if v > 1}
-    # An event sent, and its worker SIGKILLed before it wrote so: sent again once the batch's
-    # lease lapsed. A worker writes each try as its answer arrives (one write, a few ms), or —
-    # while the database is down — holds it up to the lease: so its first copy reached Attentive
-    # at most a lease before the kill, and the portal recorded no try of that copy. At-least-once
-    # cannot tell "sent" from "about to be sent" after a SIGKILL.
-    first_receipt: dict[str, float] = {}
-    for event in received["events"]:
-        first_receipt.setdefault(event["body"].get("externalEventId"), event["received_at"])
-    lease = float(RECOVERY["ATTENTIVE_SEND_LEASE_SECONDS"])
-    tries_written = Counter(
-        DeliveryAttempt.objects.filter(delivery__external_event_id__in=list(twice), outcome="delivered")
-        .values_list("delivery__external_event_id", flat=True)
-    )
-    at_a_kill = {
-        event_id: count for event_id, count in twice.items()
-        if tries_written[event_id] < count
-        and any(first_receipt[event_id] <= killed_at <= first_receipt[event_id] + lease + 1 for killed_at, _ in kills)
+    # At-least-once's two ways to send an event twice, each on record as a try whose answer the
+    # portal never had: a worker SIGKILLed (or without its database past the lease) after the
+    # send, before writing the answer — the next claim records an "unknown" try — and an answer
+    # that came after the portal's timeout (a busy machine: the sandbox shares these two cores).
+    # Every copy Attentive received beyond the delivered tries must be one of those.
+    unanswered = Counter()
+    for event_id, outcome, status_code, error in DeliveryAttempt.objects.filter(
+        delivery__external_event_id__in=list(twice)
+    ).values_list("delivery__external_event_id", "outcome", "status_code", "error"):
+        if outcome == "delivered":
+            unanswered[event_id, "delivered"] += 1
+        elif outcome == "unknown":
+            unanswered[event_id, "unknown"] += 1
+        elif status_code is None and "did not answer" in error:
+            unanswered[event_id, "timeout"] += 1
+    explained = {
+        event_id for event_id, copies in twice.items()
+        if copies - unanswered[event_id, "delivered"] <= unanswered[event_id, "unknown"] + unanswered[event_id, "timeout"]
     }
-    # The other case at-least-once allows: Attentive accepted a try but answered after the
-    # portal's timeout (a busy machine: the sandbox shares these two cores), so it was retried.
-    timed_out = set(
-        DeliveryAttempt.objects.filter(
-            delivery__external_event_id__in=list(twice), status_code__isnull=True, error__contains="did not answer"
-        ).values_list("delivery__external_event_id", flat=True)
-    )
-    answered_late = {event_id: count for event_id, count in twice.items() if event_id in timed_out and event_id not in at_a_kill}
+    at_a_kill = {event_id: twice[event_id] for event_id in explained if unanswered[event_id, "unknown"]}
+    answered_late = {event_id: twice[event_id] for event_id in explained if event_id not in at_a_kill}
     twice_tries = {
         event_id: list(
             DeliveryAttempt.objects.filter(delivery__external_event_id=event_id).order_by("started_at")
@@ -561,8 +556,8 @@ def reconcile(driver: Driver, attentive, sparkfly, outages, kills) -> dict:
         "Redemption rows = deliveries delivered": len(redemptions) == len(delivered),
         "deliveries delivered = distinct events Attentive received": len(delivered) == len(set(received_ids) & ids) == len(received_ids),
         "every accepted redemption reached Attentive": ids == set(received_ids),
-        "no event reached Attentive twice, but sends unwritten at a SIGKILL or answered after the timeout":
-            not (set(twice) - set(at_a_kill) - set(answered_late)),
+        "no event reached Attentive twice, but sends whose answer the portal never had (on record)":
+            not (set(twice) - explained),
         "no 5xx but 503s during the restart": not bad_5xx,
         "every 503 carried Retry-After": retry_after_missing == 0,
         "every callback answered (none left to Sparkfly's timeout)": not no_answer,
@@ -580,7 +575,7 @@ def reconcile(driver: Driver, attentive, sparkfly, outages, kills) -> dict:
         "accepted_202": accepted, "duplicates_answered_200": duplicates_answered,
         "redemption_rows": len(redemptions), "deliveries_delivered": len(delivered),
         "attentive_distinct_events": len(received_ids), "attentive_events_twice": twice,
-        "attentive_twice_in_flight_at_a_sigkill": len(at_a_kill),
+        "attentive_twice_answer_unknown": len(at_a_kill),
         "attentive_twice_answered_after_timeout": len(answered_late),
         "attentive_twice_tries": twice_tries,
         "attentive_injected": received.get("injected", {}), "attentive_rate_limited": received.get("rate_limited", {}),
@@ -616,7 +611,7 @@ def print_report(report: dict, args) -> None:
         ("deliveries delivered", f"{report['deliveries_delivered']:,}", "= redeemed"),
         ("distinct events Attentive received / received twice",
          f"{report['attentive_distinct_events']:,} / {len(report['attentive_events_twice'])}"
-         f" ({report['attentive_twice_in_flight_at_a_sigkill']} unwritten at a SIGKILL,"
+         f" ({report['attentive_twice_answer_unknown']} sent before their worker stopped: answer unknown,"
          f" {report['attentive_twice_answered_after_timeout']} answered after the timeout)", "= redeemed / 0"),
         ("worker processes started (initial + after an exit)", f"{report['worker_starts']} ({report['workers']} + {report['worker_starts'] - report['workers']})", "-"),
         ("workers that lost the database and went on in-process", f"{report['worker_lost_database']}", "-"),

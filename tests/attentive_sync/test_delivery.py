@@ -459,3 +459,31 @@ def test_a_batch_that_outlived_its_lease_does_not_overwrite_the_worker_that_clai
     assert delivery.status == "pending" and delivery.attempts == 0
     assert delivery.leased_until is not None and delivery.leased_until > datetime.now(timezone.utc) + timedelta(minutes=50)
     assert not DeliveryAttempt.objects.filter(delivery=delivery).exists()
+
+
+def test_a_delivery_whose_lease_lapsed_unwritten_is_sent_again_with_an_unknown_answer_on_record(attentive, sandbox):
+    """Its worker was killed after claiming it (the lease set, no result written): the next
+    claim records a try whose answer is unknown — Attentive may have it already — then sends."""
+    delivery = recorded("evt-worker-killed")
+    claimed_at = datetime.now(timezone.utc) - timedelta(minutes=5)
+    Delivery.objects.filter(pk=delivery.pk).update(leased_until=claimed_at + timedelta(minutes=2))
+
+    deliver(delivery.pk, policy=NO_WAIT)
+
+    delivery.refresh_from_db()
+    assert (delivery.status, delivery.attempts, delivery.leased_until) == ("delivered", 2, None)
+    unknown, delivered = DeliveryAttempt.objects.filter(delivery=delivery).order_by("started_at")
+    assert unknown.outcome == "unknown" and "may have received it" in unknown.error
+    assert unknown.started_at == claimed_at and unknown.status_code is None
+    assert delivered.outcome == "delivered"
+
+
+def test_a_written_result_leaves_no_unknown_answer(attentive, sandbox):
+    first, second = recorded("evt-a"), recorded("evt-b")
+    deliver(first.pk, policy=NO_WAIT)
+    Delivery.objects.filter(pk=first.pk).update(status="pending")  # sent again, as a replay would
+    deliver(first.pk, policy=NO_WAIT)
+
+    assert list(DeliveryAttempt.objects.filter(delivery=first).values_list("outcome", flat=True)) == ["delivered"] * 2
+    assert not DeliveryAttempt.objects.filter(outcome="unknown").exists()
+    assert Delivery.objects.get(pk=second.pk).status == "delivered"
