@@ -19,7 +19,7 @@ import time
 from collections import Counter
 from urllib.parse import parse_qsl
 
-from django.db import DatabaseError, InterfaceError, OperationalError, connection, transaction
+from django.db import DatabaseError, DataError, InterfaceError, OperationalError, connection, transaction
 from django.utils.decorators import method_decorator
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
@@ -108,6 +108,21 @@ DATABASE_DOWN_PAUSE_SECONDS = 1.0
 _database_down_until = 0.0
 
 
+def _named(exc: DatabaseError, *, primary_message: bool = False) -> str:
+    """A database error for a log line: Django's class, psycopg's (PostgreSQL's condition) and
+    its SQLSTATE, and with ``primary_message`` PostgreSQL's one-line message. Never the whole
+    text: its DETAIL, CONTEXT and statement lines can quote the request's values."""
+    cause = exc.__cause__
+    named = exc.__class__.__name__
+    if cause is not None and cause.__class__.__name__ != named:
+        named += f" ({cause.__class__.__name__}"
+        named += f" {cause.sqlstate})" if getattr(cause, "sqlstate", None) else ")"
+    diagnostic = getattr(cause, "diag", None)
+    if primary_message and diagnostic is not None and diagnostic.message_primary:
+        named += f": {diagnostic.message_primary}"
+    return named
+
+
 def _unavailable() -> Response:
     return Response(
         {"detail": "The portal could not record this request; nothing was accepted. Send it again."},
@@ -148,14 +163,26 @@ class WebhookView(APIView):
             if connection.connection is None:  # no connection could be opened (not a failed query)
                 _database_down_until = time.monotonic() + DATABASE_DOWN_PAUSE_SECONDS
             return _unavailable()
-        except DatabaseError:
-            # A value the validation let through but the database refuses: sending it again
-            # would fail again, so it is not a 503 (which asks for a retry).
-            logger.exception("a %s request holds a value the database refused", self.kind)
+        except DataError as exc:
+            # A value the validation let through but PostgreSQL cannot store (out of range, too
+            # long, text it refuses): sending it again would fail again, so not a 503. Its
+            # message can quote the value: only the error's names are logged.
+            logger.error("a %s request holds a value the database refused, answered 400: %s", self.kind, _named(exc))
             return Response(
-                {"detail": "The request holds a value the portal cannot store; nothing was accepted."},
+                {
+                    "detail": "The request holds a value the portal's database cannot store; nothing was accepted. "
+                    "Sending it again would fail again."
+                },
                 status=status.HTTP_400_BAD_REQUEST,
             )
+        except DatabaseError as exc:
+            # Not the request's fault: a read-only server (just after a failover), a schema
+            # from another release (a rolling deploy), a lock or serialization failure. A 400
+            # would lose the callback (Sparkfly does not retry one); a 503 has it sent again.
+            # One line per request, as above, with PostgreSQL's primary message (it names the
+            # column, table or constraint; the values are in DETAIL and the statement, left out).
+            logger.error("could not record a %s request, answered 503: %s", self.kind, _named(exc, primary_message=True))
+            return _unavailable()
 
     @staticmethod
     def _headers(rejection: Rejected) -> dict[str, str]:
@@ -169,8 +196,8 @@ class WebhookView(APIView):
         arrival = Arrival.from_request(request, kind=self.kind, endpoint_uuid=kwargs.get("endpoint_uuid", ""))
         try:
             inbound.record_rejection(arrival, rejection)
-        except DatabaseError:
-            logger.exception("could not record a %s request", self.kind)
+        except DatabaseError as exc:  # the method is wrong whatever the database does: still 405
+            logger.error("could not record a %s request answered 405: %s", self.kind, _named(exc, primary_message=True))
         return Response(rejection.as_answer(), status=405, headers={"Allow": allowed})
 
     @staticmethod
