@@ -10,15 +10,18 @@ from dataclasses import dataclass
 from typing import Any
 
 import requests
+from django.conf import settings
 from urllib3.util import Timeout
 
 from attentive_sync.errors import (
     AttentiveAuthError,
     AttentiveConnectionError,
     AttentiveError,
+    AttentiveHostRefused,
     AttentiveTimeout,
     error_for_response,
 )
+from portal import outbound
 
 
 PRODUCTION_URL = "https://api.attentivemobile.com"
@@ -35,6 +38,17 @@ BULK_JOB_PATH = "/v2/bulk/job/{bulk_job_id}"
 SEGMENT_MEMBERS_MAX = 10_000  # v2 spec SegmentMembers.members: 1 to 10,000 per request
 
 USER_AGENT = "sparkfly-attentive-portal/0.1 (+python-requests)"
+
+
+def url_refusal(url: str) -> str:
+    """Why the API key may not be sent to ``url`` (README "Outbound HTTP"), or ``""``."""
+    return outbound.refusal(
+        url,
+        allowed_hosts=settings.ATTENTIVE_ALLOWED_HOSTS,
+        allow_loopback=settings.OUTBOUND_ALLOW_LOOPBACK,
+        service="Attentive",
+        setting="ATTENTIVE_ALLOWED_HOSTS",
+    )
 
 
 @dataclass
@@ -62,6 +76,10 @@ class AttentiveClient:
     def request(self, method: str, path: str, *, json_body: Any = None, params: dict | None = None) -> requests.Response:
         """One try; a 2xx response, or an ``AttentiveError`` saying what went wrong."""
         url = self.base_url + path
+        # Before anything leaves: the base URL may predate the allowlist or have been written
+        # to the database directly.
+        if refused := url_refusal(url):
+            raise AttentiveHostRefused(f"Nothing was sent to Attentive: {refused}")
         try:
             response = self.session.request(
                 method, url, json=json_body, params=params, timeout=self.timeout, allow_redirects=False

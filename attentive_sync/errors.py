@@ -38,6 +38,10 @@ class AttentiveError(Exception):
         return self.message
 
 
+class AttentiveHostRefused(AttentiveError):
+    """The API base URL is not one the key may be sent to (the outbound allowlist): nothing was sent."""
+
+
 class AttentiveConnectionError(AttentiveError):
     """Attentive could not be reached, or the connection dropped before an answer."""
 

@@ -24,7 +24,7 @@ from django.db.models import F, Q
 from django.db.models.fields.json import KT
 from encrypted_fields.fields import EncryptedCharField
 
-from attentive_sync.client import PRODUCTION_URL
+from attentive_sync.client import PRODUCTION_URL, url_refusal
 
 # Attentive ignores events older than 12 hours for journeys; the retry budget must end first.
 ATTENTIVE_JOURNEY_CUTOFF = timedelta(hours=12)
@@ -46,6 +46,12 @@ def validate_max_event_age(value: timedelta) -> None:
         )
 
 
+def validate_api_url(value: str) -> None:
+    """Only a host the key may be sent to (README "Outbound HTTP")."""
+    if refused := url_refusal(value):
+        raise ValidationError(refused)
+
+
 class AttentiveSettings(models.Model):
     """The one row of Attentive settings (primary key 1); load it with ``AttentiveSettings.load()``."""
 
@@ -53,7 +59,9 @@ class AttentiveSettings(models.Model):
     api_key = EncryptedCharField(
         "API key", max_length=500, blank=True, null=True, help_text="Write-only: stored encrypted, shown masked."
     )
-    api_url = models.URLField("API base URL", default=PRODUCTION_URL, help_text=f"Attentive: {PRODUCTION_URL}")
+    api_url = models.URLField(
+        "API base URL", default=PRODUCTION_URL, validators=[validate_api_url], help_text=f"Attentive: {PRODUCTION_URL}"
+    )
     sign_up_source_id = models.CharField("sign-up source id", max_length=100, blank=True)
     enabled = models.BooleanField(
         default=False,
@@ -142,6 +150,8 @@ class AttentiveSettings(models.Model):
                 "FIELD_ENCRYPTION_SALTS (were they changed without keeping the old ones in "
                 "SECRET_KEY_FALLBACKS / after the new salt?); restore them, or enter the key again"
             )
+        if refused := url_refusal(self.api_url):
+            return f"the API base URL is refused: {refused.rstrip('.')}"
         return ""
 
 

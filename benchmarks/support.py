@@ -16,6 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+# Every benchmark runs the sandboxes on loopback, some with DEBUG off (as production does), where
+# the outbound allowlist refuses loopback unless told (README "Outbound HTTP"); children inherit it.
+os.environ.setdefault("OUTBOUND_ALLOW_LOOPBACK", "true")
 
 
 def free_port() -> int:

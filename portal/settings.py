@@ -286,6 +286,24 @@ ATTENTIVE_RETRY_BASE_SECONDS = _read("float", "ATTENTIVE_RETRY_BASE_SECONDS", 2.
 ATTENTIVE_RETRY_CAP_SECONDS = _read("float", "ATTENTIVE_RETRY_CAP_SECONDS", 900.0)
 ATTENTIVE_TEXT_SEND_ENABLED = _read("bool", "ATTENTIVE_TEXT_SEND_ENABLED", False)  # the key may POST /v1/text/send
 
+# --- Outbound HTTP (README "Outbound HTTP"; portal/outbound.py) -------------------------------
+# Each API key goes only to its own API's hosts, over https: an administrator who points the
+# Attentive URL elsewhere gets a refusal, not the key at their host. The defaults are the hosts
+# reference/attentive-api.md and reference/sparkfly-api.md give. Loopback (the sandboxes, plain
+# http allowed) only when OUTBOUND_ALLOW_LOOPBACK is on: by default with DEBUG (`make run`).
+ATTENTIVE_ALLOWED_HOSTS = _read("list", "ATTENTIVE_ALLOWED_HOSTS", ["api.attentivemobile.com"])
+SPARKFLY_ALLOWED_HOSTS = _read("list", "SPARKFLY_ALLOWED_HOSTS", ["api.sparkfly.com", "api-staging.sparkfly.com"])
+OUTBOUND_ALLOW_LOOPBACK = _read("bool", "OUTBOUND_ALLOW_LOOPBACK", DEBUG)
+from portal.outbound import refusal as _outbound_refusal  # noqa: E402 — plain Python, no Django import
+
+if SPARKFLY_API_URL and (
+    _refused := _outbound_refusal(
+        SPARKFLY_API_URL, allowed_hosts=SPARKFLY_ALLOWED_HOSTS, allow_loopback=OUTBOUND_ALLOW_LOOPBACK,
+        service="Sparkfly", setting="SPARKFLY_ALLOWED_HOSTS",
+    )
+):
+    raise ImproperlyConfigured(f"SPARKFLY_API_URL is refused: {_refused}")
+
 # --- Secrets at rest -------------------------------------------------------------------------
 # django-fernet-encrypted-fields derives its keys from SECRET_KEY (+ SECRET_KEY_FALLBACKS) and
 # these salts. Rotate by putting the new value first and keeping the old ones after it, then

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from urllib.parse import urlparse
-
 import phonenumbers
 from django.conf import settings
 from django.core.checks import Error, Warning, register
@@ -14,25 +12,9 @@ from sparkfly_sync.client import MEMBERS_MAX_PER_PAGE
 @register()
 def check_sparkfly_settings(app_configs=None, **kwargs):
     problems = []
-    url = settings.SPARKFLY_API_URL
-    if url:
-        parsed = urlparse(url)
-        if parsed.scheme not in ("http", "https") or not parsed.netloc:
-            problems.append(
-                Error(
-                    f"SPARKFLY_API_URL={url!r} is not an http(s) URL.",
-                    hint=f"Use {settings.SPARKFLY_PRODUCTION_URL}, {settings.SPARKFLY_STAGING_URL} or a sandbox URL.",
-                    id="sparkfly_sync.E001",
-                )
-            )
-        elif parsed.scheme == "http" and parsed.hostname not in ("127.0.0.1", "localhost", "::1"):
-            problems.append(
-                Warning(
-                    f"SPARKFLY_API_URL={url!r} sends the Sparkfly key unencrypted.",
-                    hint="Use https for any host other than a local sandbox.",
-                    id="sparkfly_sync.W001",
-                )
-            )
+    # Whether SPARKFLY_API_URL is a host the key may go to is settled when the settings load
+    # (portal/outbound.py): a refused one stops every process before it starts.
+    if settings.SPARKFLY_API_URL:
         if not (settings.SPARKFLY_IDENTITY and settings.SPARKFLY_KEY):
             problems.append(
                 Error(

@@ -17,11 +17,14 @@ from datetime import datetime, timedelta, UTC
 from typing import Any
 
 import requests
+from django.conf import settings
 
+from portal import outbound
 from sparkfly_sync.errors import (
     SparkflyAuthError,
     SparkflyConnectionError,
     SparkflyError,
+    SparkflyHostRefused,
     SparkflyResponseError,
     error_for_response,
 )
@@ -67,6 +70,17 @@ TOKEN_RENEWAL_MARGIN = timedelta(minutes=5)
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
 USER_AGENT = "sparkfly-attentive-portal/0.1 (+python-requests)"
+
+
+def url_refusal(url: str) -> str:
+    """Why the identity, key and token may not be sent to ``url`` (README "Outbound HTTP"), or ``""``."""
+    return outbound.refusal(
+        url,
+        allowed_hosts=settings.SPARKFLY_ALLOWED_HOSTS,
+        allow_loopback=settings.OUTBOUND_ALLOW_LOOPBACK,
+        service="Sparkfly",
+        setting="SPARKFLY_ALLOWED_HOSTS",
+    )
 
 
 @dataclass(frozen=True)
@@ -215,6 +229,9 @@ class SparkflyClient:
     ) -> requests.Response:
         """One logical request with retries on connection errors, 429 and 5xx when idempotent."""
         url = self.base_url + path
+        # Before anything leaves (settings changed after start-up, a client built by hand).
+        if refused := url_refusal(url):
+            raise SparkflyHostRefused(f"Nothing was sent to Sparkfly: {refused}", method=method, url=url)
         request_headers = dict(headers or {})
         if token is not None:
             request_headers["X-Auth-Token"] = token
@@ -377,7 +394,6 @@ INTERACTIVE_READ_TIMEOUT = 15.0
 def client_from_settings(*, interactive: bool = False) -> SparkflyClient:
     """The process-wide client for the configured account (one token per process per 24 h);
     ``interactive`` for calls made while a person waits."""
-    from django.conf import settings
     from django.core.exceptions import ImproperlyConfigured
 
     base_url, identity, key = settings.SPARKFLY_API_URL, settings.SPARKFLY_IDENTITY, settings.SPARKFLY_KEY

@@ -39,6 +39,10 @@ class SparkflyError(Exception):
         return self.message
 
 
+class SparkflyHostRefused(SparkflyError):
+    """SPARKFLY_API_URL is not a host the credentials may be sent to (the outbound allowlist): nothing was sent."""
+
+
 class SparkflyConnectionError(SparkflyError):
     """Sparkfly could not be reached, or did not answer in time, after every allowed try."""
 

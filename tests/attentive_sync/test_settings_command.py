@@ -89,7 +89,9 @@ def test_at_a_terminal_the_key_is_asked_for_without_echo(monkeypatch):
     assert AttentiveSettings.load().key == KEY
 
 
-def test_each_option_sets_its_field():
+def test_each_option_sets_its_field(settings):
+    settings.ATTENTIVE_ALLOWED_HOSTS = ["attentive.example.com"]
+
     output = run(
         "--api-url", "https://attentive.example.com",
         "--sign-up-source-id", "12345",
@@ -98,12 +100,12 @@ def test_each_option_sets_its_field():
         "--max-event-age-hours", "6.5",
     )
 
-    settings = AttentiveSettings.load()
-    assert settings.api_url == "https://attentive.example.com"
-    assert settings.sign_up_source_id == "12345"
-    assert settings.enabled is True
-    assert settings.rate_limit_per_second == 90
-    assert settings.max_event_age == timedelta(hours=6, minutes=30)
+    stored = AttentiveSettings.load()
+    assert stored.api_url == "https://attentive.example.com"
+    assert stored.sign_up_source_id == "12345"
+    assert stored.enabled is True
+    assert stored.rate_limit_per_second == 90
+    assert stored.max_event_age == timedelta(hours=6, minutes=30)
     assert output == (
         "Saved API base URL: https://attentive.example.com, sign-up source id: 12345, enabled: yes, "
         "rate limit per second: 90 requests/s, max event age: 6.5 h.\n"
@@ -133,6 +135,10 @@ def test_enable_and_disable_together_are_refused():
         (["--max-event-age-hours", "12"], "--max-event-age-hours (max_event_age): The maximum event age must stay under"),
         (["--max-event-age-hours", "0"], "--max-event-age-hours (max_event_age): The maximum event age must be positive"),
         (["--api-url", "not a url"], "--api-url (api_url): Enter a valid URL."),
+        (["--api-url", "https://attentive.example.com"],
+         "--api-url (api_url): attentive.example.com is not an allowed Attentive host: the Attentive API key is "
+         "sent only to api.attentivemobile.com"),
+        (["--api-url", "http://api.attentivemobile.com"], "--api-url (api_url): The Attentive API URL must use https"),
     ],
 )
 def test_bad_values_are_refused_naming_the_option_and_nothing_is_saved(args, message):

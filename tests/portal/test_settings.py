@@ -44,7 +44,6 @@ def test_production_settings_refuse_to_start_without_a_secret_key():
 @pytest.mark.parametrize(
     ("overrides", "check_id"),
     [
-        ({"SPARKFLY_API_URL": "ftp://sparkfly", "SPARKFLY_IDENTITY": "a", "SPARKFLY_KEY": "b"}, "sparkfly_sync.E001"),
         ({"SPARKFLY_API_URL": "https://api.sparkfly.com", "SPARKFLY_IDENTITY": "", "SPARKFLY_KEY": ""}, "sparkfly_sync.E002"),
         ({"SPARKFLY_PAGE_SIZE": 20000}, "sparkfly_sync.E003"),
         ({"SPARKFLY_READ_TIMEOUT": 0}, "sparkfly_sync.E004"),
@@ -57,9 +56,3 @@ def test_out_of_range_sparkfly_settings_fail_the_system_checks(settings, overrid
         setattr(settings, name, value)
     with pytest.raises(SystemCheckError, match=check_id):
         call_command("check")
-
-
-def test_plain_http_to_a_remote_sparkfly_is_warned_about(settings, capsys):
-    settings.SPARKFLY_API_URL, settings.SPARKFLY_IDENTITY, settings.SPARKFLY_KEY = "http://api.sparkfly.com", "a", "b"
-    call_command("check")
-    assert "sparkfly_sync.W001" in capsys.readouterr().err
