@@ -3,7 +3,7 @@ directory, or pass ``--config gunicorn.conf.py``). Every value can be changed fr
 
   PORT                      port to listen on, all interfaces (8000)
   WEB_CONCURRENCY           worker processes (2 x cores + 1, gunicorn's documented starting point:
-                            a sync worker blocks on each database round trip)
+                            a sync worker blocks on each database round trip; at most 12, below)
   GUNICORN_THREADS          threads per worker (1: sync workers; >1 switches to gthread)
   GUNICORN_TIMEOUT          seconds a request may take before its worker is restarted (30)
   GUNICORN_MAX_REQUESTS     requests after which a worker is replaced, plus up to 10 % jitter so
@@ -12,14 +12,19 @@ directory, or pass ``--config gunicorn.conf.py``). Every value can be changed fr
                             (127.0.0.1,::1; the load balancer's addresses in production, or *
                             when only the balancer can reach the portal)
 
-Each worker keeps a database connection per thread for CONN_MAX_AGE seconds (set 60 here).
-The access log goes to stdout with every conversion callback's secret masked (portal/logs.py).
+Each worker keeps a database connection per thread for CONN_MAX_AGE seconds (set 60 here), so
+the web processes' count is a share of PostgreSQL's max_connections (README "Database
+connections"). "Cores" are the CPUs this process may run on, lowered by a container's CPU quota
+(cgroup v2); a container without one (or on cgroup v1) sees the host's CPUs, 64 on a big host,
+so the default is capped: set WEB_CONCURRENCY to go past the cap.
+The access log goes to stdout, the error log to stderr (as the portal's own lines), with every
+conversion callback's secret masked (portal/logs.py).
 With LOG_FORMAT=json (the default unless DEBUG, as in the settings) gunicorn's access and error
 lines are JSON objects like the portal's own, the access line with the request id the portal
 echoed in X-Request-ID.
 """
 
-import multiprocessing
+import math
 import os
 import sys
 from pathlib import Path
@@ -38,6 +43,23 @@ environ.Env.read_env(ROOT / ".env", overwrite=False)  # as the settings do: the 
 def _int(name: str, default: int) -> int:
     raw = os.environ.get(name, "")
     return int(raw) if raw else default
+
+
+def _cores() -> int:
+    """CPUs this process may use: its affinity set (a container's cpuset), lowered by a cgroup v2
+    CPU quota (a container's --cpus), which neither os.cpu_count() nor the affinity reflects."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        if quota != "max":
+            cores = min(cores, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return cores
+
+
+# The default's ceiling: 12 processes = 12 connections per web machine.
+DEFAULT_WORKERS_CAP = 12
 
 
 def _json_logs() -> bool:
@@ -80,7 +102,7 @@ class RedactingLogger(Logger):
 
 wsgi_app = "portal.wsgi:application"
 bind = [f"0.0.0.0:{_int('PORT', 8000)}"]
-workers = _int("WEB_CONCURRENCY", 2 * multiprocessing.cpu_count() + 1)
+workers = _int("WEB_CONCURRENCY", min(2 * _cores() + 1, DEFAULT_WORKERS_CAP))
 threads = _int("GUNICORN_THREADS", 1)
 timeout = _int("GUNICORN_TIMEOUT", 30)
 graceful_timeout = timeout
