@@ -4,7 +4,10 @@
   form never holds the stored key, only its mask in the help text; an empty field keeps it
   and "Clear the stored key" removes it. Saving rewrites the stored key only when it was
   changed: a key this deployment cannot decrypt any more must not be encrypted a second time
-  under the new keys, where even restoring the old ones would not bring it back.
+  under the new keys, where even restoring the old ones would not bring it back. A new API base
+  URL is saved only with the key entered again (or cleared) in the same save, and only to a host
+  the outbound allowlist names (README "Outbound HTTP"): editing the settings never sends the
+  stored key somewhere new.
 * "Verify connection" asks Attentive whom the stored key belongs to (``GET /v1/me``).
 * Deliveries are an audit log: read-only, their attempts inline, counts by status above the
   list, and two actions calling the delivery services: "Retry now", and "Replay", which asks
@@ -19,6 +22,7 @@ import json
 from functools import partial
 
 from django import forms
+from django.conf import settings as django_settings
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.contrib.admin.utils import model_ngettext
@@ -34,7 +38,7 @@ from django.utils.text import Truncator
 from django.utils.timesince import timesince
 
 from attentive_sync import delivery as delivery_services
-from attentive_sync.client import AttentiveClient
+from attentive_sync.client import PRODUCTION_URL, AttentiveClient
 from attentive_sync.errors import AttentiveAuthError, AttentiveError
 from attentive_sync.models import AttentiveSettings, Delivery, DeliveryAttempt, IdentityLink, SubscriptionState
 from attentive_sync.registry import event_types
@@ -105,6 +109,12 @@ class AttentiveSettingsForm(forms.ModelForm):
         self.fields["new_api_key"].help_text = format_html(
             "{} Write-only: stored encrypted, never shown.", _stored_key(self.instance)
         )
+        if "api_url" in self.fields:  # not for staff who may only view the settings
+            self.fields["api_url"].help_text = (
+                f"Attentive: {PRODUCTION_URL}. Allowed hosts: {', '.join(django_settings.ATTENTIVE_ALLOWED_HOSTS)}"
+                + (" and this machine's loopback (sandboxes)" if django_settings.OUTBOUND_ALLOW_LOOPBACK else "")
+                + " (ATTENTIVE_ALLOWED_HOSTS). Changing it needs the API key entered again."
+            )
         registered = event_types()
         self.fields["forwarded_event_types"].choices = [
             (event_type, f"{label} ({event_type})") for event_type, label in registered.items()
@@ -115,6 +125,20 @@ class AttentiveSettingsForm(forms.ModelForm):
         cleaned = super().clean()
         if cleaned.get("new_api_key") and cleaned.get("clear_api_key"):
             raise forms.ValidationError("Either enter a new API key or clear the stored one, not both.")
+        # The stored key goes to a new URL only when the person changing it enters the key again:
+        # whoever may edit the settings must not learn the key by pointing the portal elsewhere.
+        new_url, old_url = cleaned.get("api_url"), self.initial.get("api_url") or ""
+        if (
+            new_url
+            and new_url.rstrip("/") != old_url.rstrip("/")
+            and self.instance.key
+            and not (cleaned.get("new_api_key") or cleaned.get("clear_api_key"))
+        ):
+            self.add_error(
+                "api_url",
+                "The API base URL changed: enter the API key again in this save (or clear the stored key). "
+                "The stored key is never sent to a new URL without the person who knows it.",
+            )
         return cleaned
 
     @property

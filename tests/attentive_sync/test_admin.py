@@ -19,6 +19,7 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.duration import duration_string
+from django.utils.html import escape
 from procrastinate.contrib.django.models import ProcrastinateJob
 
 from attentive_sync import registry
@@ -246,6 +247,90 @@ def test_an_api_url_typed_without_a_scheme_means_https(admin_client):
     assert AttentiveSettings.load().api_url == "https://api.attentivemobile.com"
 
 
+# --- where the key may go (README "Outbound HTTP") ------------------------------------------------
+
+
+@pytest.fixture
+def production_allowlist(settings):
+    """The allowlist as production has it: Attentive's host, no loopback."""
+    settings.ATTENTIVE_ALLOWED_HOSTS = ["api.attentivemobile.com"]
+    settings.OUTBOUND_ALLOW_LOOPBACK = False
+    return settings
+
+
+@pytest.mark.parametrize(
+    ("api_url", "error"),
+    [
+        ("https://attentive.example.com",
+         "attentive.example.com is not an allowed Attentive host: the Attentive API key is sent only to "
+         "api.attentivemobile.com. A deployment that needs another host adds it to ATTENTIVE_ALLOWED_HOSTS."),
+        ("http://api.attentivemobile.com",
+         "The Attentive API URL must use https: over plain http the key would cross the network unencrypted "
+         "(http is allowed only for this machine's loopback)."),
+        ("http://127.0.0.1:8200",
+         "127.0.0.1 is not an allowed Attentive host: the Attentive API key is sent only to "
+         "api.attentivemobile.com. The sandboxes on this machine's loopback need OUTBOUND_ALLOW_LOOPBACK=true."),
+    ],
+)
+def test_a_url_the_key_may_not_go_to_is_refused(admin_client, production_allowlist, api_url, error):
+    response = save_settings(admin_client, api_url=api_url, new_api_key=KEY)
+
+    assert response.status_code == 200
+    assert response.context["adminform"].form.errors["api_url"] == [error]
+    after = AttentiveSettings.load()
+    assert (after.api_url, after.key) == ("https://api.attentivemobile.com", "")
+
+
+def test_the_page_names_the_allowed_hosts(admin_client, production_allowlist):
+    page = admin_client.get(settings_url()).content.decode()
+
+    assert "Allowed hosts: api.attentivemobile.com (ATTENTIVE_ALLOWED_HOSTS)." in page
+
+
+def test_a_host_the_deployment_allows_is_accepted(admin_client, production_allowlist):
+    production_allowlist.ATTENTIVE_ALLOWED_HOSTS = ["api.attentivemobile.com", "eu.attentive.example.com"]
+
+    response = save_settings(admin_client, api_url="https://eu.attentive.example.com", new_api_key=KEY)
+
+    assert response.status_code == 302
+    assert AttentiveSettings.load().api_url == "https://eu.attentive.example.com"
+
+
+def test_a_new_url_without_the_key_entered_again_is_refused(admin_client, attentive_sandbox):
+    store(api_key=KEY)
+
+    refused = save_settings(admin_client, api_url=attentive_sandbox.base_url)
+    with_key = save_settings(admin_client, api_url=attentive_sandbox.base_url, new_api_key="sk_live_AGAIN98765")
+
+    assert refused.status_code == 200
+    assert refused.context["adminform"].form.errors["api_url"] == [
+        "The API base URL changed: enter the API key again in this save (or clear the stored key). "
+        "The stored key is never sent to a new URL without the person who knows it."
+    ]
+    assert with_key.status_code == 302
+    after = AttentiveSettings.load()
+    assert (after.api_url, after.key) == (attentive_sandbox.base_url, "sk_live_AGAIN98765")
+
+
+def test_a_new_url_with_the_key_cleared_is_saved_without_a_key(admin_client, attentive_sandbox):
+    store(api_key=KEY)
+
+    response = save_settings(admin_client, api_url=attentive_sandbox.base_url, clear_api_key=True)
+
+    assert response.status_code == 302
+    after = AttentiveSettings.load()
+    assert (after.api_url, after.key) == (attentive_sandbox.base_url, "")
+
+
+def test_a_new_url_needs_no_key_when_none_is_stored_nor_a_trailing_slash(admin_client, attentive_sandbox):
+    first = save_settings(admin_client, api_url=attentive_sandbox.base_url)
+    store(api_key=KEY)
+    slash = save_settings(admin_client, api_url=attentive_sandbox.base_url + "/")
+
+    assert (first.status_code, slash.status_code) == (302, 302)
+    assert AttentiveSettings.load().key == KEY
+
+
 def test_event_type_switches_round_trip(admin_client, event_types):
     store(disabled_event_types=["retired.type"])  # no longer registered: kept as it is
 
@@ -363,6 +448,25 @@ def test_verify_when_attentive_cannot_be_reached(admin_client, attentive_sandbox
 
     assert level == "error"
     assert text.startswith(f"Could not verify the connection: Attentive could not be reached for GET {ME_PATH}")
+
+
+def test_verify_sends_nothing_to_a_stored_url_not_allowed(admin_client, attentive_sandbox_factory, settings, caplog):
+    caplog.set_level(logging.DEBUG)
+    settings.OUTBOUND_ALLOW_LOOPBACK, settings.ATTENTIVE_ALLOWED_HOSTS = False, ["api.attentivemobile.com"]
+    elsewhere = attentive_sandbox_factory(api_key=KEY)
+    # Stored past the form's validation: before the allowlist existed, or with SQL.
+    store(api_key=KEY, api_url=elsewhere.base_url, enabled=True)
+
+    shown, page = verify(admin_client)
+
+    refused = (
+        "127.0.0.1 is not an allowed Attentive host: the Attentive API key is sent only to api.attentivemobile.com. "
+        "The sandboxes on this machine's loopback need OUTBOUND_ALLOW_LOOPBACK=true"
+    )
+    assert shown == [("error", f"Could not verify the connection: Nothing was sent to Attentive: {refused}.")]
+    assert escape(f"Nothing is sent to Attentive right now: the API base URL is refused: {refused}.") in page
+    assert elsewhere.sandbox.requests_log == []
+    assert KEY not in caplog.text
 
 
 def test_verify_without_a_key_says_so(admin_client):

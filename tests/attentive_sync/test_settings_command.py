@@ -112,6 +112,24 @@ def test_each_option_sets_its_field(settings):
     )
 
 
+def test_a_new_url_needs_the_key_again_in_the_same_command(settings):
+    settings.ATTENTIVE_ALLOWED_HOSTS = ["api.attentivemobile.com", "eu.attentive.example.com"]
+    run("--api-key-stdin", stdin=KEY)
+
+    with pytest.raises(CommandError) as refused:
+        run("--api-url", "https://eu.attentive.example.com")
+    unchanged = AttentiveSettings.load()
+    run("--api-url", "https://eu.attentive.example.com", "--api-key-stdin", stdin="sk_live_EU987654")
+
+    assert str(refused.value) == (
+        "Nothing was saved. --api-url changes where the stored API key is sent: give the key again with "
+        "--api-key-stdin in the same command."
+    )
+    assert (unchanged.api_url, unchanged.key) == ("https://api.attentivemobile.com", KEY)
+    moved = AttentiveSettings.load()
+    assert (moved.api_url, moved.key) == ("https://eu.attentive.example.com", "sk_live_EU987654")
+
+
 def test_disable_and_clearing_the_sign_up_source_id():
     run("--enable", "--sign-up-source-id", "12345")
 

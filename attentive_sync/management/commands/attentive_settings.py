@@ -4,7 +4,7 @@ The API key is read from standard input only: an argument would be kept in the s
 history and shown to every user by ``ps``. Nothing this command prints contains the key.
 Values go through the model's validation, as in the admin, and only the fields given are
 written: rewriting an unchanged key would encrypt one this deployment cannot decrypt a
-second time, beyond recovery.
+second time, beyond recovery. A new --api-url needs the key again (--api-key-stdin), as in the admin.
 """
 
 from __future__ import annotations
@@ -113,6 +113,13 @@ class Command(BaseCommand):
         return key
 
     def _apply(self, settings: AttentiveSettings, changes: dict) -> None:
+        new_url = changes.get("api_url")
+        if new_url and new_url.rstrip("/") != settings.api_url.rstrip("/") and settings.key and "api_key" not in changes:
+            # As in the admin: the stored key goes to a new URL only when it is given again.
+            raise CommandError(
+                "Nothing was saved. --api-url changes where the stored API key is sent: give the key "
+                "again with --api-key-stdin in the same command."
+            )
         for field, value in changes.items():
             setattr(settings, field, value)
         untouched = [field.name for field in settings._meta.concrete_fields if field.name not in changes]
