@@ -73,3 +73,51 @@ def test_required_the_admin_wants_a_code_from_an_enrolled_authenticator(staff, s
     call_command("two_factor_reset", "tess", verbosity=0)
     assert not TOTPDevice.objects.filter(user=staff).exists()
     assert admin_login(Client(), otp_device=device.persistent_id, otp_token=code(device, steps_ahead=2)).status_code == 200
+
+
+def portal_login(client: Client, username: str = "tess"):
+    assert client.post(reverse("login"), {"username": username, "password": PASSWORD}).status_code == 302
+    return client
+
+
+def test_required_the_portal_pages_want_the_code_from_staff_too(staff, settings):
+    """Administrators retry and replay deliveries on the portal's pages: a password alone must
+    not reach them when the admin would want a code."""
+    settings.REQUIRE_STAFF_2FA = True
+    settings.OTP_TOTP_THROTTLE_FACTOR = 0
+    dashboard = reverse("dashboard")
+
+    # Not enrolled yet: sent to enroll; enrolling verifies this session, and the pages open.
+    person = portal_login(Client())
+    assert person.get(dashboard)["Location"] == reverse("two-factor")
+    person.get(reverse("two-factor"))
+    device = TOTPDevice.objects.get(user=staff, confirmed=False)
+    assert person.post(reverse("two-factor"), {"token": code(device)}).status_code == 302
+    assert person.get(dashboard).status_code == 200
+
+    # Enrolled, a new browser signed in by password: sent to the admin's login for the code,
+    # which brings the person back to the page asked for.
+    client = portal_login(Client())
+    sent_to = client.get(dashboard + "?days=7")["Location"]
+    assert sent_to == "/admin/login/?next=%2F%3Fdays%3D7"
+    assert client.get(reverse("deliveries")).status_code == 302
+    back = client.post(
+        sent_to, {"username": "tess", "password": PASSWORD, "otp_device": device.persistent_id,
+                  "otp_token": code(device, steps_ahead=1)},
+    )
+    assert back.status_code == 302 and back["Location"] == dashboard + "?days=7"
+    assert client.get(dashboard).status_code == 200
+
+
+def test_required_people_who_are_not_staff_keep_signing_in_by_password(staff, settings):
+    from portal.roles import PROGRAM_MANAGERS
+    from django.contrib.auth.models import Group
+
+    settings.REQUIRE_STAFF_2FA = True
+    manager = get_user_model().objects.create_user("pat", password=PASSWORD)
+    manager.groups.add(Group.objects.get(name=PROGRAM_MANAGERS))
+    assert portal_login(Client(), "pat").get(reverse("dashboard")).status_code == 200
+
+
+def test_off_by_default_staff_reach_the_portal_by_password(staff):
+    assert portal_login(Client()).get(reverse("dashboard")).status_code == 200
