@@ -18,6 +18,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 CONNECT_TIMEOUT = 2  # DATABASE_CONNECT_TIMEOUT in the script's RECOVERY
+SPARKFLY_CALLBACK_TIMEOUT = 5  # seconds Sparkfly waits for a callback's answer (the sandbox's)
 
 
 def run_chaos(tmp_path: Path, *arguments: str, timeout: float) -> dict:
@@ -41,12 +42,14 @@ def test_callbacks_get_503_while_postgresql_is_down_and_all_recovers_without_a_r
     )
     before, during, after = report["redeemed_before_during_after_outage"]
 
-    # While the server was down, callbacks were refused with 503 + Retry-After, quickly: never a
-    # 500, never a hang (the connect timeout bounds the wait).
+    # While the server was down, callbacks were refused with 503 + Retry-After, in time: never a
+    # 500, never a hang (the connect timeout bounds the wait; without it a callback would wait
+    # for the server's return). The bound is Sparkfly's, not the 2 s connect timeout plus a
+    # guessed margin: on a busy machine a callback also queues for a web worker.
     assert report["answered_503"] > 0
     assert report["bad_5xx"] == [] and report["callbacks_no_answer"] == 0
     assert report["checks"]["every 503 carried Retry-After"]
-    assert report["slowest_503_seconds"] < CONNECT_TIMEOUT + 1
+    assert report["slowest_503_seconds"] < SPARKFLY_CALLBACK_TIMEOUT
     # Redemptions came before, during and after the outage; every one was accepted once in the end.
     assert before > 0 and during > 0 and after > 0
     assert report["accepted_202"] == report["redemption_rows"] == report["redeemed"] == 150
@@ -72,13 +75,24 @@ def test_a_database_that_takes_connections_but_never_answers_costs_one_connect_t
     503 at once for a second, instead of queueing every callback behind its own wait."""
     import signal
     import socket
+    import threading
     import time
 
     import requests
 
     black_hole = socket.socket()
     black_hole.bind(("127.0.0.1", 0))
-    black_hole.listen(64)  # the kernel completes each handshake; nobody ever answers
+    black_hole.listen(64)
+    held: list[socket.socket] = []  # each connection the portal opened, kept open and never answered
+
+    def take_connections():
+        while True:
+            try:
+                held.append(black_hole.accept()[0])
+            except OSError:  # closed: the test is over
+                return
+
+    threading.Thread(target=take_connections, daemon=True).start()
     port = _free_port()
     env = {
         **{key: value for key, value in os.environ.items() if key != "DATABASE_URL"},
@@ -101,19 +115,27 @@ def test_a_database_that_takes_connections_but_never_answers_costs_one_connect_t
             except OSError:
                 assert time.monotonic() < deadline, "gunicorn did not listen within 60 s"
                 time.sleep(0.2)
-        timed = []
+        timed = []  # (status, Retry-After, seconds, connections the silent server had got by then)
         for _ in range(6):
             started = time.monotonic()
             answer = requests.post(url, params={"credential_id": "1"}, timeout=30)
-            timed.append((answer.status_code, answer.headers.get("Retry-After"), time.monotonic() - started))
+            timed.append((answer.status_code, answer.headers.get("Retry-After"), time.monotonic() - started, len(held)))
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=30)
         black_hole.close()
+        for connection in held:
+            connection.close()
 
-    assert all(status == 503 and retry_after == "30" for status, retry_after, _ in timed), timed
-    assert timed[0][2] >= CONNECT_TIMEOUT - 0.5  # the one wait for the silent server
-    assert all(seconds < 0.5 for _, _, seconds in timed[1:4]), timed  # then at once, within the second's pause
+    assert all(status == 503 and retry_after == "30" for status, retry_after, _, _ in timed), timed
+    assert timed[0][2] >= CONNECT_TIMEOUT - 0.5 and timed[0][3] == 1  # the one wait for the silent server
+    # The next callback, sent at once, came within the second's pause: answered without opening a
+    # connection (an ordering, not a time), so without the connect timeout's wait.
+    assert timed[1][3] == 1, timed
+    assert timed[1][2] < CONNECT_TIMEOUT - 0.5, timed
+    # Over the six, fewer connections than callbacks: later ones may fall after the pause on a
+    # busy machine and wait again, but never all of them.
+    assert len(held) < len(timed), timed
 
 
 def _free_port() -> int:
