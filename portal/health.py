@@ -1,47 +1,126 @@
-"""``/healthz``: is the database reachable and has a worker sent a heartbeat recently?"""
+"""``/healthz``: the load balancer's check, and ``/healthz?full``, the monitoring's.
+
+* ``GET /healthz`` answers 200 whenever this web process can answer at all: a load balancer
+  takes a node out when its check fails, and a database outage or stopped workers are not
+  fixed by taking out every web node at once (Sparkfly would then get the balancer's own error,
+  with no Retry-After, instead of the webhooks' 503 + Retry-After). The body still says how the
+  database and the workers are.
+* ``GET /healthz?full`` answers 503 unless the database answers and a worker sent a heartbeat
+  in the last WORKER_HEARTBEAT_MAX_AGE_SECONDS: point monitoring (an uptime check, a pager) at it.
+
+Both read the database in one query on a thread of their own and wait for it a bounded time
+(the load balancer's check LIVENESS_WAIT): a server that takes connections without answering
+(one shutting down, a network black hole) would otherwise hold the check for the whole
+DATABASE_CONNECT_TIMEOUT, and the balancer, whose checks time out in a few seconds, would take
+the node out after all. One query is in flight per process at a time; checks arriving meanwhile
+wait for its answer.
+
+``HealthCheckMiddleware`` answers /healthz before Django validates the Host header: balancers
+often check each node by its IP address, which is not in ALLOWED_HOSTS (Django would answer 400
+and log an ERROR). Nothing else skips that validation, and the answer uses no part of the Host.
+"""
 
 from __future__ import annotations
 
-from datetime import timedelta
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as WaitedTooLong
+from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db import DatabaseError, connection
-from django.http import JsonResponse
+from django.db import DatabaseError, close_old_connections, connection
+from django.http import HttpResponse, JsonResponse
 from django.utils import timezone
-from django.views.decorators.http import require_GET
-from procrastinate.contrib.django.models import ProcrastinateWorker
+
+PATH = "/healthz"
+# Seconds the load balancer's check waits for the database's answer: under the shortest check
+# timeout balancers use (Kubernetes' probes: 1 s), so a silent database never fails the check.
+LIVENESS_WAIT = 0.5
+
+_reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="healthz")
+_in_flight: Future | None = None
+_in_flight_lock = threading.Lock()
 
 
-def _database_check() -> dict:
+def _newest_heartbeat() -> datetime | None:
+    """On the reader's thread: the newest worker heartbeat (None: no worker). Its connection
+    follows the process's CONN_MAX_AGE and health checks, as a request's does."""
+    close_old_connections()
     try:
         with connection.cursor() as cursor:
-            cursor.execute("SELECT 1")
-    except DatabaseError as exc:
-        return {"ok": False, "detail": f"database unreachable: {exc.__class__.__name__}"}
-    return {"ok": True}
+            cursor.execute("SELECT max(last_heartbeat) FROM procrastinate_workers")
+            return cursor.fetchone()[0]
+    finally:
+        close_old_connections()
 
 
-def _worker_check() -> dict:
-    max_age = timedelta(seconds=settings.WORKER_HEARTBEAT_MAX_AGE_SECONDS)
+def _read_database(wait: float) -> tuple[datetime | None, str]:
+    """The newest heartbeat, and "" or why the database could not be read within ``wait`` s."""
+    global _in_flight
+    with _in_flight_lock:
+        if _in_flight is None or _in_flight.done():
+            _in_flight = _reader.submit(_newest_heartbeat)
+        reading = _in_flight
     try:
-        last = ProcrastinateWorker.objects.order_by("-last_heartbeat").values_list("last_heartbeat", flat=True).first()
-    except DatabaseError:
-        return {"ok": False, "detail": "worker heartbeats unreadable: database unreachable"}
-    if last is None:
-        return {"ok": False, "detail": "no worker has ever sent a heartbeat; start one with `manage.py procrastinate worker`"}
-    age = timezone.now() - last
-    check = {"ok": age <= max_age, "last_heartbeat": last.isoformat(), "age_seconds": round(age.total_seconds(), 1)}
-    if not check["ok"]:
-        check["detail"] = f"last worker heartbeat is older than {max_age.total_seconds():.0f}s"
-    return check
+        return reading.result(timeout=wait), ""
+    except WaitedTooLong:
+        return None, f"no answer within {wait:g} s"
+    except DatabaseError as exc:
+        return None, f"database unreachable: {exc.__class__.__name__}"
 
 
-@require_GET
-def healthz(request):
-    database = _database_check()
-    worker = _worker_check() if database["ok"] else {"ok": False, "detail": "not checked: database unreachable"}
-    healthy = database["ok"] and worker["ok"]
-    return JsonResponse(
-        {"status": "ok" if healthy else "unhealthy", "checks": {"database": database, "worker": worker}},
-        status=200 if healthy else 503,
-    )
+def health(*, wait: float) -> dict:
+    """What both checks report: status ok or degraded, the database and the worker's state,
+    and details of what is not ok."""
+    newest, database_error = _read_database(wait)
+    report: dict = {"status": "ok", "database": "ok", "worker": "ok", "details": {}}
+    if database_error:
+        report["database"], report["worker"] = "unreachable", "unknown"
+        report["details"] = {"database": database_error, "worker": "not checked: the database did not answer"}
+    elif newest is None:
+        report["worker"] = "none"
+        report["details"]["worker"] = "no worker has sent a heartbeat; start one with `manage.py run_worker`"
+    else:
+        age = timezone.now() - newest
+        report["last_worker_heartbeat"], report["worker_heartbeat_age_seconds"] = newest.isoformat(), round(age.total_seconds(), 1)
+        max_age = timedelta(seconds=settings.WORKER_HEARTBEAT_MAX_AGE_SECONDS)
+        if age > max_age:
+            report["worker"] = "stale"
+            report["details"]["worker"] = (
+                f"the newest worker heartbeat is older than {max_age.total_seconds():.0f} s: "
+                "is `manage.py run_worker` running, and can it reach the database?"
+            )
+    if report["details"]:
+        report["status"] = "degraded"
+    return report
+
+
+def healthz(request) -> HttpResponse:
+    if request.method not in ("GET", "HEAD"):
+        return HttpResponse(status=405, headers={"Allow": "GET, HEAD"})
+    if "full" in request.GET:
+        connect_timeout = settings.DATABASES["default"]["OPTIONS"].get("connect_timeout", 5)
+        report = health(wait=connect_timeout + 1)
+        status = 200 if report["status"] == "ok" else 503
+    else:
+        report, status = health(wait=LIVENESS_WAIT), 200
+    response = JsonResponse(report, status=status, headers={"Cache-Control": "no-store"})
+    # Django logs every 5xx at ERROR: monitoring polls this all through an outage, and a line a
+    # poll would bury the ones that say what broke. The access log still has each answer.
+    response._has_been_logged = True
+    if request.method == "HEAD":
+        response.content = b""
+    return response
+
+
+class HealthCheckMiddleware:
+    """Answers /healthz itself, before any middleware that validates the Host header; placed
+    right after the request id's (which reads no Host) in MIDDLEWARE."""
+
+    def __init__(self, get_response) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request):
+        if request.path_info == PATH:
+            return healthz(request)
+        return self.get_response(request)

@@ -58,9 +58,10 @@ _proxy_ssl_header = _read("str", "SECURE_PROXY_SSL_HEADER", "")
 SECURE_PROXY_SSL_HEADER = (
     ("HTTP_" + _proxy_ssl_header.upper().replace("-", "_"), "https") if _proxy_ssl_header else None
 )
-# http → https redirects, on unless DEBUG; load balancers check /healthz (and /metrics) over plain http.
+# http → https redirects, on unless DEBUG; /metrics is scraped over plain http (and /healthz,
+# answered before this redirect: portal/health.py).
 SECURE_SSL_REDIRECT = _read("bool", "SECURE_SSL_REDIRECT", not DEBUG)
-SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^metrics$"]
+SECURE_REDIRECT_EXEMPT = [r"^metrics$"]
 # Session and CSRF cookies only over https; follows SECURE_SSL_REDIRECT unless set.
 SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = _read("bool", "SECURE_COOKIES", SECURE_SSL_REDIRECT)
 CSRF_TRUSTED_ORIGINS = _read("list", "CSRF_TRUSTED_ORIGINS", [])
@@ -129,6 +130,8 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     # First: every line logged while serving a request carries its id (portal/log_context.py).
     "portal.log_context.RequestIdMiddleware",
+    # Next: answers /healthz before any Host validation (load balancers check nodes by IP).
+    "portal.health.HealthCheckMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "portal.security.PortalCSPMiddleware",
     # Serves static/ itself (compressed, cached), so the portal needs no web server or CDN.
@@ -312,7 +315,7 @@ SECRET_KEY_FALLBACKS = _read("list", "SECRET_KEY_FALLBACKS", [])
 SALT_KEY = _read("list", "FIELD_ENCRYPTION_SALTS", ["sparkfly-attentive-portal"])
 
 # --- Health -----------------------------------------------------------------------------------
-# /healthz reports the worker unhealthy when no worker heartbeat is newer than this.
+# /healthz?full (monitoring's check) answers 503 when no worker heartbeat is newer than this.
 WORKER_HEARTBEAT_MAX_AGE_SECONDS = _read("int", "WORKER_HEARTBEAT_MAX_AGE_SECONDS", 60)
 
 # --- Recovery (README "Failure behaviour") -----------------------------------------------------

@@ -4,11 +4,11 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView
 
-from portal import health, metrics, two_factor
+from portal import metrics, two_factor
 from sparkfly_sync import webhooks
 
 urlpatterns = [
-    path("healthz", health.healthz, name="healthz"),
+    # /healthz is answered by portal.health.HealthCheckMiddleware, before Host validation.
     path("metrics", metrics.metrics, name="metrics"),  # Prometheus; loopback or METRICS_TOKEN (portal/metrics.py)
     path("admin/", admin.site.urls),
     path("account/two-factor/", two_factor.setup, name="two-factor"),

@@ -1,44 +1,67 @@
-"""/healthz: 200 only when the database answers and a worker sent a heartbeat recently."""
+"""/healthz (the load balancer's check) answers 200 while this process can answer, saying how
+the database and the workers are; /healthz?full (monitoring's) answers 503 unless the database
+answers and a worker sent a heartbeat recently. With the database down:
+tests/deploy/test_health_checks.py."""
 
+from __future__ import annotations
+
+import logging
 from datetime import timedelta
 
 import pytest
 from django.db import connection
 from django.utils import timezone
 
-pytestmark = pytest.mark.django_db
+# The checks read the database on a thread of their own: the heartbeats must be committed.
+pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def add_worker_heartbeat(age: timedelta):
     with connection.cursor() as cursor:
-        cursor.execute(
-            "INSERT INTO procrastinate_workers (last_heartbeat) VALUES (%s)", [timezone.now() - age]
-        )
+        cursor.execute("INSERT INTO procrastinate_workers (last_heartbeat) VALUES (%s)", [timezone.now() - age])
 
 
 def test_healthy_with_a_recent_worker_heartbeat(client):
     add_worker_heartbeat(timedelta(seconds=5))
-    response = client.get("/healthz")
+    response = client.get("/healthz?full")
     assert response.status_code == 200
     body = response.json()
-    assert body["status"] == "ok"
-    assert body["checks"]["database"]["ok"] and body["checks"]["worker"]["ok"]
+    assert (body["status"], body["database"], body["worker"], body["details"]) == ("ok", "ok", "ok", {})
+    assert 4 <= body["worker_heartbeat_age_seconds"] < 60
+    assert client.get("/healthz").status_code == 200
 
 
-def test_unhealthy_without_any_worker(client):
-    response = client.get("/healthz")
-    assert response.status_code == 503
-    assert "no worker" in response.json()["checks"]["worker"]["detail"]
+def test_without_any_worker_the_full_check_fails_and_the_load_balancers_does_not(client):
+    full = client.get("/healthz?full")
+    assert full.status_code == 503
+    assert full.json()["worker"] == "none" and "manage.py run_worker" in full.json()["details"]["worker"]
+    lb = client.get("/healthz")
+    assert lb.status_code == 200
+    assert lb.json()["status"] == "degraded"
 
 
-def test_unhealthy_when_the_newest_heartbeat_is_stale(client, settings):
+def test_a_stale_heartbeat_fails_the_full_check_only(client, settings):
     settings.WORKER_HEARTBEAT_MAX_AGE_SECONDS = 30
     add_worker_heartbeat(timedelta(minutes=5))
-    response = client.get("/healthz")
-    assert response.status_code == 503
-    assert response.json()["checks"]["worker"]["age_seconds"] >= 300
+    full = client.get("/healthz?full")
+    assert full.status_code == 503
+    assert full.json()["worker"] == "stale" and full.json()["worker_heartbeat_age_seconds"] >= 300
+    assert client.get("/healthz").status_code == 200
 
 
-def test_only_get_is_allowed(client):
-    assert client.post("/healthz").status_code == 405
+def test_a_host_not_in_allowed_hosts_gets_the_health_check_and_nothing_else(client, caplog):
+    """Load balancers check each node by its address; everything else keeps Django's Host check."""
+    add_worker_heartbeat(timedelta(seconds=5))
+    with caplog.at_level(logging.INFO):
+        assert client.get("/healthz", HTTP_HOST="10.0.3.7").status_code == 200
+        assert client.get("/healthz?full", HTTP_HOST="10.0.3.7:8000").status_code == 200
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert client.get("/metrics", HTTP_HOST="10.0.3.7").status_code == 400
+    assert client.get("/accounts/login/", HTTP_HOST="10.0.3.7").status_code == 400
+    assert client.get("/healthz/", HTTP_HOST="10.0.3.7").status_code == 400  # only the exact path
 
+
+def test_get_and_head_only(client):
+    assert client.head("/healthz").status_code == 200
+    response = client.post("/healthz")
+    assert response.status_code == 405 and response["Allow"] == "GET, HEAD"
