@@ -25,6 +25,7 @@ at once, and one queueing lock per delivery keeps at most one job waiting for it
 from __future__ import annotations
 
 import contextvars
+import copy
 import hashlib
 import json
 import logging
@@ -337,7 +338,9 @@ def _record_within_lease(claimed, tries, settings, policy, lease: datetime, slee
     while True:
         try:
             with transaction.atomic():
-                _record(claimed, tries, settings, policy, lease)
+                # Copies: ``_record`` counts the try on each delivery it is given, and a try
+                # whose transaction was lost (at the retries' defer, say) must not count twice.
+                _record([copy.copy(delivery) for delivery in claimed], tries, settings, policy, lease)
             return
         except (OperationalError, InterfaceError) as exc:
             wait = next(waits, 4.0)

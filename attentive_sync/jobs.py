@@ -11,11 +11,52 @@ in the app the other depends on.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 from django.conf import settings
-from procrastinate import jobs, manager
+from procrastinate import exceptions, jobs, manager
 from procrastinate.contrib.django.django_connector import DjangoConnector
 
-_on_django_connection = manager.JobManager(DjangoConnector())
+
+class _DjangoErrors(DjangoConnector):
+    """procrastinate's Django connector, raising the database errors Django raises.
+
+    procrastinate turns Django's error back into psycopg's and wraps that in its own
+    ``ConnectorException``: a connection lost while a job was deferred (a restart, a failover)
+    was then no ``OperationalError``, and every caller's "database unreachable" handling missed
+    it (the webhook answered 500; a delivery batch threw away its results, whose events went
+    out again after the lease). Re-raised through Django's own wrapper, it is the error Django
+    would have raised for that query (``OperationalError`` for a lost connection,
+    ``InternalError`` for a read-only server, …), from psycopg's. procrastinate's
+    ``UniqueViolation`` is left as it is: it makes the queueing lock's ``AlreadyEnqueued``."""
+
+    @contextlib.contextmanager
+    def _as_django_errors(self) -> Iterator[None]:
+        try:
+            yield
+        except exceptions.UniqueViolation:
+            raise
+        except exceptions.ConnectorException as exc:
+            if not isinstance(exc.__cause__, self.connection.Database.Error):
+                raise
+            with self.connection.wrap_database_errors:
+                raise exc.__cause__ from None
+
+    def execute_query(self, query, **arguments):
+        with self._as_django_errors():
+            return super().execute_query(query, **arguments)
+
+    def execute_query_one(self, query, **arguments):
+        with self._as_django_errors():
+            return super().execute_query_one(query, **arguments)
+
+    def execute_query_all(self, query, **arguments):
+        with self._as_django_errors():
+            return super().execute_query_all(query, **arguments)
+
+
+_on_django_connection = manager.JobManager(_DjangoErrors())
 
 
 def in_transaction(deferrer) -> jobs.JobDeferrer:
@@ -32,7 +73,6 @@ def queue_once(task, *, queueing_lock: str, at=None, exclusive: bool = False, **
     move that job to ``at``. ``exclusive`` also takes procrastinate's ``lock``, so two jobs of
     the same lock never run at once (a waiting one starts when the running one ends)."""
     from django.db import connection, transaction
-    from procrastinate import exceptions
 
     options = {"queueing_lock": queueing_lock, "schedule_at": at}
     if exclusive:

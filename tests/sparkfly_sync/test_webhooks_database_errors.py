@@ -17,6 +17,7 @@ from django.db import connection, transaction
 from procrastinate.contrib.django.models import ProcrastinateJob
 
 from sparkfly_sync.models import ConversionEndpoint, InboundRequest, Notification, NotificationEndpoint, Redemption
+from tests.lost_connection import connection_lost_on_insert, matching_inserts
 from tests.sparkfly_sync.test_webhooks import POINTS_REDEEMED, REDEEMED_AT, SIGNING_KEY, conversion_url, notify
 
 pytestmark = pytest.mark.django_db
@@ -158,3 +159,41 @@ def test_a_wrong_method_on_a_read_only_database_is_still_405(client, endpoint, c
     [error] = webhook_errors(caplog)
     assert "InternalError" in error.getMessage() and error.exc_info is None
     assert CREDENTIAL_ID not in error.getMessage()
+
+
+# --- the connection lost while the job is deferred -----------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("receiver", ["conversion", "notification"])
+def test_a_callback_whose_job_defer_loses_the_connection_is_503_then_accepted_when_sent_again(
+    client, endpoint, notification_endpoint, receiver, monkeypatch
+):
+    """The session ends inside procrastinate's INSERT of the job, after the record's own INSERT:
+    procrastinate raised its ConnectorException, which no "database unreachable" handling knew
+    (a 500 and a traceback). Nothing may be half-recorded, and the callback sent again is taken."""
+    from sparkfly_sync import webhooks
+
+    # The lost connection starts the web process's second of 503s (DATABASE_DOWN_PAUSE_SECONDS);
+    # restored for the tests after this one.
+    monkeypatch.setattr(webhooks, "_database_down_until", 0.0)
+    task = "sparkfly_sync.forward_redemption" if receiver == "conversion" else "sparkfly_sync.process_notification"
+
+    def send():
+        if receiver == "conversion":
+            return redeem(client, endpoint)
+        return notify(client, notification_endpoint, POINTS_REDEEMED)
+
+    with connection_lost_on_insert("procrastinate_jobs", when=f"NEW.task_name = '{task}'"):
+        answer = send()
+        assert matching_inserts() == 1  # the defer did run, and lost its connection
+
+    assert_asked_to_send_again(answer)
+    assert not Redemption.objects.exists() and not Notification.objects.exists()
+    assert not ProcrastinateJob.objects.exists()
+
+    monkeypatch.setattr(webhooks, "_database_down_until", 0.0)  # Sparkfly's retry, after Retry-After
+    again = send()
+    assert again.status_code == 202, again.content
+    assert Redemption.objects.count() + Notification.objects.count() == 1
+    assert list(ProcrastinateJob.objects.values_list("task_name", flat=True)) == [task]
