@@ -384,7 +384,10 @@ def _claim(first: int | None, settings, batch_size: int) -> tuple[list[Delivery]
             if _too_old(delivery, settings, now):
                 _mark_expired(delivery, settings)
             elif delivery.pk in newer:
-                _mark_expired(delivery, settings, reason=f"superseded by a newer set of attributes (delivery {newer[delivery.pk]})")
+                _mark_expired(
+                    delivery, settings, reason=f"superseded by a newer set of attributes (delivery {newer[delivery.pk]})",
+                    lost=False,
+                )
             else:
                 claimed.append(delivery)
         Delivery.objects.filter(pk__in=[d.pk for d in claimed]).update(leased_until=lease)
@@ -651,7 +654,8 @@ def _record(deliveries: list[Delivery], tries: list[_Try | None], settings, poli
 _SAVE_OUTCOMES = f"""
 UPDATE {Delivery._meta.db_table} AS delivery
 SET attempts = outcome.attempts, status = outcome.status, delivered_at = outcome.delivered_at,
-    next_attempt_at = outcome.next_attempt_at, last_error = outcome.last_error, leased_until = NULL
+    next_attempt_at = outcome.next_attempt_at, last_error = outcome.last_error, leased_until = NULL,
+    dead_letter_at = CASE WHEN outcome.status IN ('dead', 'expired') THEN statement_timestamp() END
 FROM unnest(%s::bigint[], %s::integer[], %s::text[], %s::timestamptz[], %s::timestamptz[], %s::text[])
     AS outcome (id, attempts, status, delivered_at, next_attempt_at, last_error)
 WHERE delivery.id = outcome.id
@@ -707,11 +711,13 @@ def _expire(delivery_id: int, settings: AttentiveSettings) -> Delivery | None:
         return _mark_expired(delivery, settings)
 
 
-def _mark_expired(delivery: Delivery, settings: AttentiveSettings, *, reason: str = "") -> Delivery:
+def _mark_expired(delivery: Delivery, settings: AttentiveSettings, *, reason: str = "", lost: bool = True) -> Delivery:
+    """Expire it unsent; ``lost`` (a dead letter) unless newer values went instead."""
     delivery.status, delivery.next_attempt_at = Delivery.Status.EXPIRED, None
+    delivery.dead_letter_at = timezone.now() if lost else None
     reason = reason or f"older than the maximum event age ({settings.max_event_age})"
     delivery.last_error = (delivery.last_error + "; " if delivery.last_error else "") + f"not sent: {reason}"
-    delivery.save(update_fields=["status", "next_attempt_at", "last_error"])
+    delivery.save(update_fields=["status", "next_attempt_at", "dead_letter_at", "last_error"])
     return delivery
 
 
@@ -732,6 +738,7 @@ def sweep(*, now: datetime | None = None) -> SweepResult:
     expired = waiting.filter(occurred_at__lte=now - settings.max_event_age).update(
         status=Delivery.Status.EXPIRED,
         next_attempt_at=None,
+        dead_letter_at=now,
         last_error=f"not sent: older than the maximum event age ({settings.max_event_age})",
     )
     if settings.sending_blocker():
@@ -778,7 +785,8 @@ def replay(deliveries) -> int:
             if _too_old(delivery, settings, now):
                 continue
             delivery.status, delivery.next_attempt_at, delivery.delivered_at = Delivery.Status.PENDING, now, None
-            delivery.save(update_fields=["status", "next_attempt_at", "delivered_at"])
+            delivery.dead_letter_at = None
+            delivery.save(update_fields=["status", "next_attempt_at", "delivered_at", "dead_letter_at"])
             _queue(delivery)
             replayed += 1
     return replayed

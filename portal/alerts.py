@@ -7,13 +7,17 @@ for its banner (``alert_banner``), so no page ever runs the rules' queries itsel
 * ``failing``: the last ALERT_FAILED_ATTEMPTS tries to deliver to Attentive (across deliveries,
   in the order they were recorded) all failed. Clears with the first try that gets through.
 * ``dead_letters``: a delivery was given up in the last ALERT_DEAD_LETTER_MINUTES (Attentive
-  refused it for good, or no retry fitted before the maximum event age). Clears when that many
-  minutes pass with none; so the first dead letter after an all-clear starts a new incident.
+  refused it for good, or it got too old to send: after failed tries, or never tried at all,
+  say while sending was switched off — either way the event is lost to the journeys). Clears
+  when that many minutes pass with none; so the first dead letter after an all-clear starts a
+  new incident.
 * ``backlog``: the oldest job due to run, or the oldest delivery not through yet, has waited
   longer than ALERT_BACKLOG_MINUTES. Clears when both are younger.
 
-An incident is the time from the first rule firing to the all-clear: it logs one ERROR line at
-its start (a rule joining later logs a WARNING, and so does the all-clear), not one a minute.
+An incident is the time from the first rule firing to the all-clear. Each rule logs one ERROR
+line when it starts firing: the first at the incident's start ("ALERT: …"), a rule joining
+later when it joins ("ALERT, also: …") — the first dead letter during a failing streak is news
+too. At most three ERROR lines an incident, never one a minute; the all-clear logs a WARNING.
 The banner also warns when the rules have not been checked for CHECK_STALE_AFTER: with no
 worker running, nothing else would.
 """
@@ -53,13 +57,10 @@ def _failing() -> str:
 
 
 def _dead_letters(now: datetime) -> str:
-    from attentive_sync.models import DeliveryAttempt
+    from attentive_sync.models import Delivery
 
     minutes = settings.ALERT_DEAD_LETTER_MINUTES
-    given_up = DeliveryAttempt.objects.filter(
-        outcome__in=[DeliveryAttempt.Outcome.DEAD, DeliveryAttempt.Outcome.EXPIRED],
-        started_at__gte=now - timedelta(minutes=minutes),
-    ).count()
+    given_up = Delivery.objects.filter(dead_letter_at__gte=now - timedelta(minutes=minutes)).count()
     if not given_up:
         return ""
     return (
@@ -107,7 +108,7 @@ def alerts_check(*, now: datetime | None = None) -> OperationalAlert:
                 extra={"alert_rules": [problem["rule"] for problem in problems]},
             )
         elif joined:
-            logger.warning(
+            logger.error(
                 "ALERT, also: %s", " ".join(problem["message"] for problem in joined),
                 extra={"alert_rules": [problem["rule"] for problem in joined]},
             )
@@ -143,7 +144,7 @@ def current_banner(*, now: datetime | None = None) -> Banner | None:
     if state.checked_at and now - state.checked_at > CHECK_STALE_AFTER:
         messages.append(
             f"The delivery checks last ran {(now - state.checked_at).total_seconds() / 60:.0f} minutes ago: "
-            "is a worker running (`manage.py procrastinate worker`)?"
+            "is a worker running (`manage.py run_worker`)?"
         )
     return Banner(messages, state.firing_since) if messages else None
 

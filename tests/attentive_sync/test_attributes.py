@@ -85,6 +85,7 @@ def test_a_set_replaced_before_it_was_sent_is_never_sent_after_the_newer_one(att
     newer.refresh_from_db()
     assert newer.status == "delivered"
     assert old.status == "expired" and f"superseded by a newer set of attributes (delivery {newer.pk})" in old.last_error
+    assert old.dead_letter_at is None  # not lost (newer values went): no dead-letter alert
     assert [e["body"]["properties"]["Loyalty points balance"] for e in sandbox.sandbox.received()["attributes"]] == [2]
 
 

@@ -1,7 +1,7 @@
-"""The delivery alert: deliveries failing in a row, a dead letter, a backlog. It logs one ERROR
-line per incident, shows a banner on portal and admin pages for both roles, and clears itself
-when deliveries get through again. Failures come from the Attentive sandbox through a real
-worker."""
+"""The delivery alert: deliveries failing in a row, a dead letter (refused for good, or expired
+with or without a try), a backlog. It logs one ERROR line per rule starting to fire, not one a
+minute, shows a banner on portal and admin pages for both roles, and clears itself when
+deliveries get through again. Failures come from the Attentive sandbox through a real worker."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import pytest
 from django.db import connection, transaction
 from django.test import Client
 
-from attentive_sync.delivery import forward, retry_now
+from attentive_sync.delivery import forward, replay, retry_now, sweep
 from attentive_sync.events import CustomEvent, EventUser
-from attentive_sync.models import AttentiveSettings, Delivery
+from attentive_sync.models import AttentiveSettings, Delivery, DeliveryAttempt
 from attentive_sync.sandbox import AttentiveSandbox, serve_in_thread
 from portal.alerts import alerts_check
 from portal.models import OperationalAlert
@@ -39,13 +39,13 @@ def sandbox(settings):
     server.shutdown()
 
 
-def forwarded(n: int) -> list[Delivery]:
+def forwarded(n: int, *, ago: timedelta = timedelta(0), first: int = 0) -> list[Delivery]:
     return [
         forward(CustomEvent(
             type="sparkfly.member.offer_state_redeemed", user=EventUser(client_user_id=f"u-{i}", phone="+13115552368"),
-            occurred_at=datetime.now(timezone.utc), external_event_id=f"evt-alert-{i}", properties={"n": str(i)},
+            occurred_at=datetime.now(timezone.utc) - ago, external_event_id=f"evt-alert-{i}", properties={"n": str(i)},
         )).delivery
-        for i in range(n)
+        for i in range(first, first + n)
     ]
 
 
@@ -104,6 +104,58 @@ def test_the_first_dead_letter_after_an_all_clear_is_a_new_incident(sandbox, cap
     run_worker_until_idle(queues=["deliveries"])
     alerts_check()
     assert rules() == {"dead_letters"} and len(alert_errors(caplog)) == 2
+
+
+def test_a_delivery_expired_by_its_worker_without_a_try_is_a_dead_letter(sandbox, caplog):
+    """Older than the maximum event age (8 h) when its worker took it: never sent, lost all the same."""
+    [delivery] = forwarded(1, ago=timedelta(hours=9))
+    run_worker_until_idle(queues=["deliveries"])
+    delivery.refresh_from_db()
+    assert delivery.status == "expired" and not DeliveryAttempt.objects.exists()
+
+    alerts_check()
+
+    assert rules() == {"dead_letters"}
+    [error] = alert_errors(caplog)
+    assert "1 delivery was given up" in error
+
+
+def test_deliveries_expired_by_the_sweep_while_sending_was_off_are_dead_letters(sandbox, caplog):
+    settings = AttentiveSettings.load()
+    settings.enabled = False  # held: no job, no try
+    settings.save()
+    forwarded(2)
+    Delivery.objects.update(occurred_at=datetime.now(timezone.utc) - timedelta(hours=9))  # the hours pass
+
+    assert sweep().expired == 2
+    alerts_check()
+
+    assert rules() == {"dead_letters"} and "2 deliveries were given up" in alert_errors(caplog)[0]
+
+
+def test_a_first_dead_letter_joining_a_failing_streak_logs_an_error_and_a_replay_clears_it(sandbox, caplog):
+    sandbox.inject_fault("/v1/events/custom", status=503, times=5)
+    forwarded(5)
+    run_worker_until_idle(queues=["deliveries"])
+    alerts_check()
+    assert rules() == {"failing"} and len(alert_errors(caplog)) == 1
+
+    sandbox.inject_fault("/v1/events/custom", status=400, body='{"error":{"id":7,"message":"bad phone"}}', times=1)
+    [dead] = forwarded(1, first=5)
+    run_worker_until_idle(queues=["deliveries"])
+    alerts_check()
+
+    assert rules() == {"failing", "dead_letters"}
+    first, joined = alert_errors(caplog)
+    assert joined.startswith("ALERT, also: 1 delivery was given up")
+
+    # The cause fixed, an administrator replays it: delivered, it is no dead letter any more.
+    assert replay(Delivery.objects.filter(pk=dead.pk)) == 1
+    run_worker_until_idle(queues=["deliveries"])
+    dead.refresh_from_db()
+    assert dead.status == "delivered" and dead.dead_letter_at is None
+    alerts_check()
+    assert rules() == set()
 
 
 def test_a_job_waiting_past_the_threshold_is_a_backlog(settings, caplog):
