@@ -191,6 +191,26 @@ DATABASES["default"].setdefault("CONN_HEALTH_CHECKS", True)
 DATABASES["default"].setdefault("OPTIONS", {}).setdefault(
     "connect_timeout", _read("int", "DATABASE_CONNECT_TIMEOUT", 5)
 )
+# Seconds after which an open connection whose server went silent (a cut network, a failover
+# that left the socket half-open) is given up: TCP keepalives probe it while it waits for an
+# answer, and tcp_user_timeout bounds data the server never acknowledged. Without them a query
+# on such a connection waits for the kernel's retransmissions (about 15 minutes), far past
+# gunicorn's timeout. libpq sets them on TCP connections (a Unix socket, as the embedded
+# server's, has no such failure); Django's and procrastinate's connections (the worker's pool
+# is made from these OPTIONS) all carry them; a value in DATABASE_URL's query wins.
+DATABASE_DEAD_CONNECTION_SECONDS = _read("int", "DATABASE_DEAD_CONNECTION_SECONDS", 10)
+if DATABASE_DEAD_CONNECTION_SECONDS < 1:
+    raise ImproperlyConfigured(f"DATABASE_DEAD_CONNECTION_SECONDS={DATABASE_DEAD_CONNECTION_SECONDS} must be 1 or more")
+_keepalive_interval = max(1, DATABASE_DEAD_CONNECTION_SECONDS // 5)
+for _option, _value in {
+    "keepalives": 1,
+    # Silence for this long, then 3 probes this far apart: DATABASE_DEAD_CONNECTION_SECONDS in all.
+    "keepalives_idle": max(1, DATABASE_DEAD_CONNECTION_SECONDS - 3 * _keepalive_interval),
+    "keepalives_interval": _keepalive_interval,
+    "keepalives_count": 3,
+    "tcp_user_timeout": DATABASE_DEAD_CONNECTION_SECONDS * 1000,  # milliseconds
+}.items():
+    DATABASES["default"]["OPTIONS"].setdefault(_option, _value)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [
