@@ -189,7 +189,7 @@ def _delivery_insert(*, source: str, kind: int, event_type: str, occurred: str, 
     return f"""
         INSERT INTO {Delivery._meta.db_table}
             (external_event_id, kind, event_type, payload, status, occurred_at, created_at, attempts,
-             next_attempt_at, leased_until, last_error, delivered_at)
+             next_attempt_at, leased_until, last_error, delivered_at, dead_letter_at)
         SELECT external_id, 'event', '{event_type}',
                jsonb_build_object('type', '{event_type}', 'properties', {payload_properties},
                                   'occurredAt', {_rfc3339(occurred)}, 'user', {_event_user(member)},
@@ -199,7 +199,10 @@ def _delivery_insert(*, source: str, kind: int, event_type: str, occurred: str, 
                CASE status WHEN 'pending' THEN created WHEN 'failed' THEN %(now)s::timestamptz + interval '5 minutes' END,
                NULL,
                CASE status {errors} ELSE '' END,
-               CASE WHEN status = 'delivered' THEN created + (0.1 + {_hash('n', kind * 7 + 7)} * 2) * interval '1 second' END
+               CASE WHEN status = 'delivered' THEN created + (0.1 + {_hash('n', kind * 7 + 7)} * 2) * interval '1 second' END,
+               -- given up: dead at its one try, expired at the maximum event age (8 h)
+               CASE status WHEN 'dead' THEN created + interval '2 seconds'
+                           WHEN 'expired' THEN LEAST({occurred} + interval '8 hours', %(now)s::timestamptz) END
         FROM (SELECT n, {external_id} AS external_id, {status} AS status, {created} AS created FROM {source}) AS rows
         ON CONFLICT DO NOTHING
     """

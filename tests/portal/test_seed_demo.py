@@ -85,6 +85,9 @@ def test_every_status_is_present_with_errors_where_they_belong():
     assert set(Delivery.objects.values_list("status", flat=True)) == set(Delivery.Status.values)
     assert not Delivery.objects.filter(status__in=["failed", "dead", "expired"], last_error="").exists()
     assert not Delivery.objects.filter(status="delivered", delivered_at=None).exists()
+    # Given up ones are the alert's dead letters, as real ones are; no other is.
+    assert not Delivery.objects.filter(status__in=["dead", "expired"], dead_letter_at=None).exists()
+    assert not Delivery.objects.exclude(status__in=["dead", "expired"]).filter(dead_letter_at__isnull=False).exists()
     assert set(Delivery.objects.values_list("event_type", flat=True)) == {OFFER_STATE_REDEEMED, POINTS_REDEEMED,
                                                                           OFFER_STATE_CREATED}
     assert set(IssuanceRequest.objects.values_list("state", flat=True)) == set(IssuanceRequest.State.values)
