@@ -108,7 +108,14 @@ timeout = _int("GUNICORN_TIMEOUT", 30)
 graceful_timeout = timeout
 keepalive = 5  # longer than nothing, shorter than a load balancer's idle timeout (60 s on most)
 max_requests = _int("GUNICORN_MAX_REQUESTS", 1000)
-max_requests_jitter = max_requests // 10
+# Spread wide: processes sharing the load evenly reach the limit together, and all of them
+# restarting at once left none to answer (the chaos run: 35 callbacks past Sparkfly's 5 s).
+max_requests_jitter = max_requests // 2
+# The app is loaded once in the master and each worker forked from it, so a recycled worker
+# answers within milliseconds instead of importing Django for seconds on a busy machine. Safe
+# because loading it opens no database connection and starts no thread (tests/deploy/
+# test_gunicorn_config.py); deploys restart the processes, so nothing relies on a reload.
+preload_app = True
 forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS") or "127.0.0.1,::1"
 # Worker heartbeats on tmpfs: a container's overlay disk can stall them into false timeouts.
 worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None

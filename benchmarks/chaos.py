@@ -498,6 +498,7 @@ def reconcile(driver: Driver, attentive, sparkfly, outages, kills) -> dict:
         # A call answered while PostgreSQL was down (or a moment after: a request begun then).
         return any(down <= call.at <= up + 2.0 for down, up in outages)
 
+    started = min((c.at for c in calls), default=0.0)
     five_hundreds = [c for c in calls if c.status is not None and c.status >= 500]
     bad_5xx = [c for c in five_hundreds if c.status != 503 or not during_outage(c)]
     no_answer = [c for c in calls if c.status is None]
@@ -568,6 +569,12 @@ def reconcile(driver: Driver, attentive, sparkfly, outages, kills) -> dict:
         "callback_calls": len(calls), "callback_statuses": dict(statuses), "callbacks_no_answer": len(no_answer),
         "no_answer_errors": dict(Counter(f"{c.by}: {(c.error or '')[:120]}" for c in no_answer).most_common(5)) if no_answer else {},
         "no_answer_during_outage": sum(1 for c in no_answer if during_outage(c)),
+        # When (seconds into the run) calls went unanswered, and the kills and outages, to tell them apart.
+        "timeline": {
+            "no_answer": sorted(round(c.at - started, 1) for c in no_answer),
+            "sigkills": [round(at - started, 1) for at, _ in kills],
+            "outages": [(round(down - started, 1), round(up - started, 1)) for down, up in outages],
+        },
         "duplicated_by_sparkfly": {"concurrent": copies.get("concurrent", 0), "again": copies.get("again", 0)},
         "driver_resends": sum(1 for c in calls if c.by == "driver"),
         "answered_503": statuses.get("503", 0), "slowest_503_seconds": round(slowest_503, 2),

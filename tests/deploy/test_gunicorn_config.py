@@ -41,3 +41,24 @@ def test_a_container_seeing_a_big_hosts_cpus_gets_at_most_twelve():
 
 def test_web_concurrency_overrides_the_default_and_its_cap():
     assert workers_with(cpus=64, web_concurrency="40") == 40
+
+
+def test_the_app_is_preloaded_and_loading_it_opens_no_connection_and_starts_no_thread():
+    """gunicorn forks its workers from a master that loaded the app (a recycled worker answers
+    at once); a connection or a thread made while loading would be shared by every fork."""
+    script = (
+        "import os, runpy, json, threading;"
+        f"config = runpy.run_path({str(ROOT / 'gunicorn.conf.py')!r});"
+        "os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'portal.settings');"
+        "from portal.wsgi import application;"
+        "from django.db import connections;"
+        "print(json.dumps({'preload': config['preload_app'],"
+        " 'connections': [c.alias for c in connections.all() if c.connection is not None],"
+        " 'threads': [t.name for t in threading.enumerate()]}))"
+    )
+    env = {**os.environ, "DEBUG": "true"}
+    done = subprocess.run([sys.executable, "-c", script], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {
+        "preload": True, "connections": [], "threads": ["MainThread"]
+    }
