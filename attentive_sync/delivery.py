@@ -420,6 +420,7 @@ def _note_lapsed_leases(deliveries: list[Delivery], now: datetime) -> None:
     Delivery.objects.filter(pk__in=[d.pk for d in deliveries]).update(attempts=F("attempts") + 1)
     for delivery in deliveries:
         delivery.attempts += 1
+        delivery.leased_until = None  # noted once: whoever saves the row next clears it (or leases it anew)
         logger.warning(
             "delivery %s (%s): its lease lapsed unwritten; sending again", delivery.pk, delivery.external_event_id,
             extra={"delivery_id": delivery.pk},
@@ -708,16 +709,17 @@ def _expire(delivery_id: int, settings: AttentiveSettings) -> Delivery | None:
         delivery = Delivery.objects.select_for_update(skip_locked=True).filter(pk=delivery_id).first()
         if delivery is None or delivery.is_final:
             return delivery
+        _note_lapsed_leases([delivery] if delivery.leased_until is not None else [], timezone.now())
         return _mark_expired(delivery, settings)
 
 
 def _mark_expired(delivery: Delivery, settings: AttentiveSettings, *, reason: str = "", lost: bool = True) -> Delivery:
     """Expire it unsent; ``lost`` (a dead letter) unless newer values went instead."""
-    delivery.status, delivery.next_attempt_at = Delivery.Status.EXPIRED, None
+    delivery.status, delivery.next_attempt_at, delivery.leased_until = Delivery.Status.EXPIRED, None, None
     delivery.dead_letter_at = timezone.now() if lost else None
     reason = reason or f"older than the maximum event age ({settings.max_event_age})"
     delivery.last_error = (delivery.last_error + "; " if delivery.last_error else "") + f"not sent: {reason}"
-    delivery.save(update_fields=["status", "next_attempt_at", "dead_letter_at", "last_error"])
+    delivery.save(update_fields=["status", "next_attempt_at", "leased_until", "dead_letter_at", "last_error"])
     return delivery
 
 

@@ -48,7 +48,11 @@ def _failing() -> str:
     from attentive_sync.models import DeliveryAttempt
 
     needed = settings.ALERT_FAILED_ATTEMPTS
-    latest = list(DeliveryAttempt.objects.order_by("-id").values_list("outcome", "status_code", "error")[:needed])
+    # A try whose answer is unknown (its worker was killed) is no failure of Attentive's.
+    latest = list(
+        DeliveryAttempt.objects.exclude(outcome=DeliveryAttempt.Outcome.UNKNOWN)
+        .order_by("-id").values_list("outcome", "status_code", "error")[:needed]
+    )
     if len(latest) < needed or any(outcome == DeliveryAttempt.Outcome.DELIVERED for outcome, _, _ in latest):
         return ""
     _, status_code, error = latest[0]

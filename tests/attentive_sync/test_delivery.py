@@ -487,3 +487,20 @@ def test_a_written_result_leaves_no_unknown_answer(attentive, sandbox):
     assert list(DeliveryAttempt.objects.filter(delivery=first).values_list("outcome", flat=True)) == ["delivered"] * 2
     assert not DeliveryAttempt.objects.filter(outcome="unknown").exists()
     assert Delivery.objects.get(pk=second.pk).status == "delivered"
+
+
+def test_a_lapsed_lease_on_an_event_too_old_to_send_is_noted_once_and_cleared(attentive, sandbox):
+    """Expired instead of sent again: the unknown try is on record, and the lease is cleared so a
+    later replay or claim does not note it a second time."""
+    old = datetime.now(timezone.utc) - timedelta(hours=9)
+    delivery = recorded("evt-too-old-after-a-kill", occurred_at=old)
+    Delivery.objects.filter(pk=delivery.pk).update(leased_until=datetime.now(timezone.utc) - timedelta(minutes=1))
+
+    deliver(delivery.pk, policy=NO_WAIT)
+    replay(Delivery.objects.filter(pk=delivery.pk))  # refused: too old; must not note it again either
+    deliver(delivery.pk, policy=NO_WAIT)
+
+    delivery.refresh_from_db()
+    assert (delivery.status, delivery.leased_until, delivery.attempts) == ("expired", None, 1)
+    assert list(DeliveryAttempt.objects.filter(delivery=delivery).values_list("outcome", flat=True)) == ["unknown"]
+    assert sandbox.sandbox.count_requests("/v1/events/custom") == 0

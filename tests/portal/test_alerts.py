@@ -86,6 +86,21 @@ def test_four_failures_do_not_alert(sandbox, caplog):
     assert alerts_check().problems == [] and alert_errors(caplog) == []
 
 
+def test_tries_whose_answer_is_unknown_after_a_killed_worker_are_not_failures(sandbox, caplog):
+    """A killed worker's lapsed batch is noted at the next claim as tries with an unknown answer
+    (up to 50 at once, the newest attempts until the batch's answers are written): Attentive did
+    not fail them, so they must not fire "failing"."""
+    deliveries = forwarded(6)
+    run_worker_until_idle(queues=["deliveries"])  # delivered: the older attempts
+    now = datetime.now(timezone.utc)
+    DeliveryAttempt.objects.bulk_create(
+        DeliveryAttempt(delivery=d, started_at=now, duration_ms=0, error="the worker stopped", outcome="unknown")
+        for d in deliveries
+    )
+
+    assert alerts_check().problems == [] and alert_errors(caplog) == []
+
+
 def test_the_first_dead_letter_after_an_all_clear_is_a_new_incident(sandbox, caplog):
     sandbox.inject_fault("/v1/events/custom", status=400, body='{"error":{"id":7,"message":"bad phone"}}', times=2)
     forwarded(1)
