@@ -28,14 +28,19 @@ from concurrent.futures import TimeoutError as WaitedTooLong
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db import DatabaseError, connection
+from django.db import DatabaseError, connection, transaction
 from django.http import HttpResponse, JsonResponse
 from django.utils import timezone
+from psycopg.errors import QueryCanceled
 
 PATH = "/healthz"
 # Seconds the load balancer's check waits for the database's answer: under the shortest check
 # timeout balancers use (Kubernetes' probes: 1 s), so a silent database never fails the check.
 LIVENESS_WAIT = 0.5
+# Seconds the database may take over the read once connected (connecting has its own
+# connect_timeout): a bit over LIVENESS_WAIT, so the balancer's check gives up first and its
+# read is never cut short; the full check reports a longer read as no answer.
+READ_TIMEOUT = 1.0
 
 _reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="healthz")
 _in_flight: Future | None = None
@@ -45,9 +50,16 @@ _in_flight_lock = threading.Lock()
 def _newest_heartbeat() -> datetime | None:
     """On the reader's thread: the newest worker heartbeat (None: no worker). Its connection is
     closed after each read: kept (CONN_MAX_AGE), it would add one to every web process's share
-    of max_connections; a check every few seconds opening one costs the server little."""
+    of max_connections; a check every few seconds opening one costs the server little.
+
+    The read ends by itself after READ_TIMEOUT: a read blocked on a lock (a migration's on
+    procrastinate_workers) would otherwise keep this thread busy, and Python waits for the
+    executor's threads at exit, so a recycled or SIGTERMed gunicorn worker would hang for its
+    whole graceful timeout. SET LOCAL: the setting ends with the transaction (a pooler in
+    transaction mode passes the connection on clean)."""
     try:
-        with connection.cursor() as cursor:
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute(f"SET LOCAL statement_timeout = {int(READ_TIMEOUT * 1000)}")
             cursor.execute("SELECT max(last_heartbeat) FROM procrastinate_workers")
             return cursor.fetchone()[0]
     finally:
@@ -66,6 +78,8 @@ def _read_database(wait: float) -> tuple[datetime | None, str]:
     except WaitedTooLong:
         return None, f"no answer within {wait:g} s"
     except DatabaseError as exc:
+        if isinstance(exc.__cause__, QueryCanceled):
+            return None, f"no answer within {READ_TIMEOUT:g} s of connecting"
         return None, f"database unreachable: {exc.__class__.__name__}"
 
 

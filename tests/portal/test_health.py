@@ -8,9 +8,12 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 
+import psycopg
 import pytest
-from django.db import connection
+from django.db import DatabaseError, connection
 from django.utils import timezone
+
+from portal import health
 
 # The checks read the database on a thread of their own: the heartbeats must be committed.
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -65,3 +68,24 @@ def test_get_and_head_only(client):
     assert client.head("/healthz").status_code == 200
     response = client.post("/healthz")
     assert response.status_code == 405 and response["Allow"] == "GET, HEAD"
+
+
+def test_a_read_blocked_by_a_lock_ends_by_itself_and_frees_the_thread(client):
+    """A read waiting on a lock (a migration's) is cancelled by its statement timeout: the
+    reader's thread, which Python waits for at exit, never holds a stopping worker."""
+    add_worker_heartbeat(timedelta(seconds=5))
+    conninfo = {k: v for k, v in connection.get_connection_params().items() if k not in ("cursor_factory", "context")}
+    with psycopg.connect(**conninfo) as migration:  # one transaction, holding the lock until it ends
+        migration.execute("LOCK TABLE procrastinate_workers IN ACCESS EXCLUSIVE MODE")
+        lb = client.get("/healthz")
+        assert lb.status_code == 200
+        assert lb.json()["database"] == "unreachable"
+        assert lb.json()["details"]["database"] == f"no answer within {health.LIVENESS_WAIT:g} s"
+        # Still locked: the read ends by itself, cancelled, and the thread is free again.
+        with pytest.raises(DatabaseError):
+            health._in_flight.result(timeout=15)
+        full = client.get("/healthz?full")
+        assert full.status_code == 503
+        assert full.json()["details"]["database"] == f"no answer within {health.READ_TIMEOUT:g} s of connecting"
+        migration.rollback()
+    assert client.get("/healthz?full").status_code == 200
