@@ -122,11 +122,13 @@ def job_of(queueing_lock: str) -> tuple[str, int | None]:
 def retry_stalled(job_id: int) -> None:
     """Put a dead worker's job back in the queue, in the current transaction (what
     ``retry_stalled_jobs`` does every minute, now); a job already retried meanwhile is left be."""
-    from django.db import DatabaseError, transaction
+    from django.db import DatabaseError, InterfaceError, OperationalError, transaction
     from django.utils import timezone
 
     try:
         with transaction.atomic():  # a savepoint: a job no longer "doing" must not end the caller's transaction
             _on_django_connection.retry_job_by_id(job_id, retry_at=timezone.now())
+    except (OperationalError, InterfaceError):
+        raise  # the database is gone: the caller's outage handling, not "already retried"
     except DatabaseError:
-        pass
+        pass  # procrastinate refused: the job is no longer "doing" (retried or finished meanwhile)

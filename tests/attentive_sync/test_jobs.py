@@ -45,3 +45,20 @@ def test_retrying_a_job_no_longer_running_leaves_the_callers_transaction_be():
         job = ProcrastinateJob.objects.get(queueing_lock="delivery:1")  # waiting: not "doing"
         retry_stalled(job.id)
         assert ProcrastinateJob.objects.get(pk=job.id).status == "todo"  # the transaction still answers
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_connection_lost_while_retrying_a_stalled_job_is_raised_not_taken_for_already_retried():
+    """The caller's outage handling must see it (the job stays for the stalled-job retry)."""
+    from django.db import OperationalError
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        backend = cursor.fetchone()[0]
+    params = {k: v for k, v in connection.get_connection_params().items() if k not in ("cursor_factory", "context")}
+    with psycopg.connect(**params, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", [backend])
+
+    with pytest.raises(OperationalError):
+        retry_stalled(1)
+    connection.close()
