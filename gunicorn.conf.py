@@ -6,7 +6,7 @@ directory, or pass ``--config gunicorn.conf.py``). Every value can be changed fr
                             a sync worker blocks on each database round trip; at most 12, below)
   GUNICORN_THREADS          threads per worker (1: sync workers; >1 switches to gthread)
   GUNICORN_TIMEOUT          seconds a request may take before its worker is restarted (30)
-  GUNICORN_MAX_REQUESTS     requests after which a worker is replaced, plus up to 10 % jitter so
+  GUNICORN_MAX_REQUESTS     requests after which a worker is replaced, plus up to 50 % jitter so
                             workers do not restart together (1000; 0 = never)
   FORWARDED_ALLOW_IPS       addresses of the proxies whose X-Forwarded-* headers are trusted
                             (127.0.0.1,::1; the load balancer's addresses in production, or *
