@@ -113,7 +113,9 @@ def healthz(request) -> HttpResponse:
     if request.method not in ("GET", "HEAD"):
         return HttpResponse(status=405, headers={"Allow": "GET, HEAD"})
     if "full" in request.GET:
-        connect_timeout = settings.DATABASES["default"]["OPTIONS"].get("connect_timeout", 5)
+        # Text when DATABASE_URL's query gives a fraction (?connect_timeout=2.5): django-environ
+        # makes only whole numbers ints (psycopg accepts the text).
+        connect_timeout = float(settings.DATABASES["default"]["OPTIONS"].get("connect_timeout", 5))
         report = health(wait=connect_timeout + 1)
         status = 200 if report["status"] == "ok" else 503
     else:

@@ -5,6 +5,7 @@ tests/deploy/test_health_checks.py."""
 
 from __future__ import annotations
 
+import copy
 import logging
 from datetime import timedelta
 
@@ -89,3 +90,15 @@ def test_a_read_blocked_by_a_lock_ends_by_itself_and_frees_the_thread(client):
         assert full.json()["details"]["database"] == f"no answer within {health.READ_TIMEOUT:g} s of connecting"
         migration.rollback()
     assert client.get("/healthz?full").status_code == 200
+
+
+# Only this request reads the replaced DATABASES; the connections keep theirs.
+@pytest.mark.filterwarnings("ignore:Overriding setting DATABASES")
+def test_a_connect_timeout_given_as_text_in_database_url(client, settings):
+    """django-environ passes DATABASE_URL's ?connect_timeout=2.5 on as the text "2.5"."""
+    add_worker_heartbeat(timedelta(seconds=5))
+    databases = copy.deepcopy(settings.DATABASES)
+    databases["default"]["OPTIONS"]["connect_timeout"] = "2.5"
+    settings.DATABASES = databases
+    response = client.get("/healthz?full")
+    assert response.status_code == 200 and response.json()["status"] == "ok"
