@@ -168,13 +168,16 @@ class WebhookView(APIView):
             # long, text it refuses): sending it again would fail again, so not a 503. Its
             # message can quote the value: only the error's names are logged.
             logger.error("a %s request holds a value the database refused, answered 400: %s", self.kind, _named(exc))
-            return Response(
-                {
-                    "detail": "The request holds a value the portal's database cannot store; nothing was accepted. "
-                    "Sending it again would fail again."
-                },
-                status=status.HTTP_400_BAD_REQUEST,
+            rejection = Rejected(
+                status.HTTP_400_BAD_REQUEST,
+                "The request holds a value the portal's database cannot store; nothing was accepted. "
+                "Sending it again would fail again.",
             )
+            try:  # on the admin's list of rejections like any other 400 (the transaction is over)
+                inbound.record_rejection(arrival, rejection)
+            except DatabaseError as record_exc:  # the value may be in the request itself: still 400
+                logger.error("could not record a %s request answered 400: %s", self.kind, _named(record_exc))
+            return Response(rejection.as_answer(), status=rejection.status)
         except DatabaseError as exc:
             # Not the request's fault: a read-only server (just after a failover), a schema
             # from another release (a rolling deploy), a lock or serialization failure. A 400

@@ -147,6 +147,10 @@ def test_a_value_postgresql_cannot_store_is_400_and_not_retried(client, endpoint
     [error] = webhook_errors(caplog)
     assert "DataError" in error.getMessage() and "StringDataRightTruncation" in error.getMessage()
     assert XID not in error.getMessage() and CREDENTIAL_ID not in error.getMessage()
+    # On record with the other rejections, for the admin's counts and the audit trail.
+    [request] = InboundRequest.objects.all()
+    assert (request.status_code, request.outcome) == (400, "rejected")
+    assert "cannot store" in request.errors["detail"]
 
 
 def test_a_wrong_method_on_a_read_only_database_is_still_405(client, endpoint, caplog):
