@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import time
 
 import pytest
@@ -96,6 +97,13 @@ def run_worker_until_idle(queues: list[str] | None = None) -> None:
         procrastinate_app.run_worker(
             queues=queues, wait=False, install_signal_handlers=False, listen_notify=False
         )
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on (for a server to start on, or to be refused at once)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def database_url_for_subprocess(application_name: str) -> str:

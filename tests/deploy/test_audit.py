@@ -10,7 +10,6 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -19,14 +18,10 @@ from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from tests.conftest import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
 NOT_RUN = "dependency audit NOT run: no advisory service reachable from this machine"
-
-
-def closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def advisory(package: str, version: str, vuln_id: str) -> dict:
@@ -70,7 +65,7 @@ def osv_stand_in(advisories: dict[tuple[str, str], list[dict]]) -> Iterator[tupl
 
 
 def run_audit(*args: str) -> subprocess.CompletedProcess:
-    dead_proxy = f"http://127.0.0.1:{closed_port()}"
+    dead_proxy = f"http://127.0.0.1:{free_port()}"
     env = {
         key: value for key, value in os.environ.items() if key.lower() not in {"http_proxy", "https_proxy", "no_proxy"}
     }
@@ -89,7 +84,7 @@ CANARY = {("django", "3.2"): [advisory("django", "3.2", "PYSEC-TEST-CANARY")]}
 
 
 def test_no_advisory_service_skips_loudly_in_ci_mode():
-    unreachable = f"http://127.0.0.1:{closed_port()}/v1/query"
+    unreachable = f"http://127.0.0.1:{free_port()}/v1/query"
 
     audit = run_audit("--if-unreachable", "skip", "--osv-url", unreachable)
 
@@ -101,7 +96,7 @@ def test_no_advisory_service_skips_loudly_in_ci_mode():
 
 
 def test_no_advisory_service_fails_make_audit():
-    audit = run_audit("--osv-url", f"http://127.0.0.1:{closed_port()}/v1/query")
+    audit = run_audit("--osv-url", f"http://127.0.0.1:{free_port()}/v1/query")
 
     assert audit.returncode != 0
     assert NOT_RUN in audit.stderr

@@ -16,6 +16,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.conftest import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
 CONNECT_TIMEOUT = 2  # DATABASE_CONNECT_TIMEOUT in the script's RECOVERY
 SPARKFLY_CALLBACK_TIMEOUT = 5  # seconds Sparkfly waits for a callback's answer (the sandbox's)
@@ -96,7 +98,7 @@ def test_a_database_that_takes_connections_but_never_answers_costs_one_connect_t
                 return
 
     threading.Thread(target=take_connections, daemon=True).start()
-    port = _free_port()
+    port = free_port()
     env = {
         **{key: value for key, value in os.environ.items() if key != "DATABASE_URL"},
         "DATABASE_URL": f"postgres://portal@127.0.0.1:{black_hole.getsockname()[1]}/portal",
@@ -141,9 +143,3 @@ def test_a_database_that_takes_connections_but_never_answers_costs_one_connect_t
     assert len(held) < len(timed), timed
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]

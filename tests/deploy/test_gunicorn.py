@@ -4,7 +4,6 @@ the portal against the test database, and its access log never shows a callback'
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import pytest
@@ -13,16 +12,10 @@ from django.urls import reverse
 
 from portal.logs import MASK
 from sparkfly_sync.models import ConversionEndpoint, Redemption
-from tests.conftest import database_url_for_subprocess, wait_for_backends_to_end
+from tests.conftest import database_url_for_subprocess, free_port, wait_for_backends_to_end
 from tests.deploy.gunicorn import deployed_gunicorn
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def test_the_procfile_runs_gunicorn_with_this_config_and_a_worker():

@@ -14,7 +14,7 @@ import requests
 from portal.logs import MASK
 from tests.conftest import database_url_for_subprocess, wait_for_backends_to_end
 from tests.deploy.gunicorn import deployed_gunicorn
-from tests.deploy.test_gunicorn import free_port
+from tests.conftest import free_port
 
 SECRET = "s3cr3t-" + "y" * 30
 

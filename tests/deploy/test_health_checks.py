@@ -10,13 +10,8 @@ import time
 
 import requests
 
+from tests.conftest import free_port
 from tests.deploy.gunicorn import deployed_gunicorn
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _env(database_url: str, port: int, connect_timeout: int) -> dict:
@@ -30,8 +25,8 @@ def _env(database_url: str, port: int, connect_timeout: int) -> dict:
 
 
 def test_database_refusing_connections_the_balancers_check_passes_and_monitorings_fails(tmp_path):
-    port = _free_port()
-    nobody = f"postgres://portal@127.0.0.1:{_free_port()}/portal"  # nothing listens: refused at once
+    port = free_port()
+    nobody = f"postgres://portal@127.0.0.1:{free_port()}/portal"  # nothing listens: refused at once
     log = tmp_path / "gunicorn.log"
     with deployed_gunicorn(_env(nobody, port, connect_timeout=5), port, log) as base:
         # By the node's address, as balancers check: plain http, a Host not in ALLOWED_HOSTS.
@@ -55,7 +50,7 @@ def test_a_database_that_never_answers_does_not_hold_the_balancers_check(tmp_pat
     black_hole = socket.socket()
     black_hole.bind(("127.0.0.1", 0))
     black_hole.listen(64)  # the kernel completes each handshake; nobody ever answers
-    port = _free_port()
+    port = free_port()
     silent = f"postgres://portal@127.0.0.1:{black_hole.getsockname()[1]}/portal"
     try:
         with deployed_gunicorn(_env(silent, port, connect_timeout=10), port, tmp_path / "gunicorn.log") as base:

@@ -18,19 +18,6 @@ from sparkfly_sync.sandbox import SparkflySandbox
 from sparkfly_sync.sandbox import serve_in_thread as serve_sparkfly
 
 
-@pytest.fixture
-def servers():
-    started = []
-
-    def start(server):
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        server.shutdown()
-
-
 @pytest.mark.parametrize("status", [301, 302, 307, 308])
 def test_the_sparkfly_client_does_not_follow_a_redirect(servers, status):
     sparkfly = servers(serve_sparkfly(SparkflySandbox(members=5, offers=1, channels=1, merchants=1, seed=0)))

@@ -35,19 +35,6 @@ KEY = "sk_live_ALLOWLIST1234"
 
 
 @pytest.fixture
-def servers():
-    started = []
-
-    def start(server):
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        server.shutdown()
-
-
-@pytest.fixture
 def only_127_0_0_1(settings):
     """Loopback as production sees it: not allowed, except 127.0.0.1 listed by name."""
     settings.OUTBOUND_ALLOW_LOOPBACK = False

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,15 +18,9 @@ from portal.management.commands.runportal import _ensure_demo_admin
 from attentive_sync.models import AttentiveSettings
 from sparkfly_sync.models import Member
 from sparkfly_sync.client import SparkflyClient
-from tests.conftest import database_url_for_subprocess
+from tests.conftest import database_url_for_subprocess, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def wait_for(condition, timeout: float, what: str):
